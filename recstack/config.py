@@ -1,0 +1,276 @@
+"""Typed configuration: a YAML file maps one to one onto these dataclasses, and every
+command-line option `--section.key value` overrides one key.
+
+Resolution order: dataclass defaults < model preset < YAML file < command-line overrides.
+The fully resolved config is recorded in every report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recstack.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None
+    """A prepared dataset directory (`recstack data prepare`); None synthesizes one."""
+    synth_preset: str = "criteo-kaggle"
+    """Synthetic preset used when `path` is None."""
+    synth_rows: int = 262_144
+    synth_test_fraction: float = 0.1
+    val_fraction: float = 0.0
+    """Fraction of the train split's tail carved out as validation (for early stopping)."""
+    train_split: str = "train"
+    test_split: str = "test"
+    shuffle: bool = True
+    drop_last: bool = False
+    prefetch: int = 4
+    """Batches prepared ahead by the background loader thread."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "dlrm"
+    preset: str = "criteo-kaggle"
+    embedding_dim: int = 16
+    bottom_mlp: list[int] = field(default_factory=lambda: [512, 256, 64, 16])
+    """Hidden and output widths; the input width (number of dense features) is prepended."""
+    top_mlp: list[int] = field(default_factory=lambda: [512, 256, 1])
+    """Widths after the interaction; the interaction width is prepended."""
+    interaction: str = "dot"
+    """`dot` (pairwise dot products, as DLRM) or `cat` (concatenation)."""
+    interaction_self: bool = False
+    """Include each feature's dot product with itself."""
+    dropout: float = 0.0
+    """Dropout before each hidden layer of the top MLP."""
+    scale: float = 1.0
+    """Multiplies every table's row count (ids fold by modulo when a table is smaller than its feature)."""
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 1024
+    eval_batch_size: int = 16384
+    epochs: int = 1
+    max_steps: int = 0
+    """Stop after this many steps in all (0: run all epochs)."""
+    optimizer: str = "adam"
+    """Dense (MLP) optimizer: adam, adagrad or sgd."""
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    sparse_optimizer: str = "rowwise_adagrad"
+    """Embedding optimizer, applied only to the rows a batch touched: rowwise_adagrad, adagrad or sgd."""
+    sparse_lr: float = 0.05
+    embedding_weight_decay: float = 0.0
+    """L2 penalty on the embedding rows a batch touched."""
+    warmup_steps: int = 0
+    decay_start_step: int = 0
+    decay_steps: int = 0
+    """Polynomial (power 2) decay over this many steps after decay_start_step (0: no decay)."""
+    eval_every: int = 0
+    """Evaluate on validation (or test when no validation split) every N steps (0: each epoch end)."""
+    early_stopping_patience: int = 0
+    """Stop after this many evaluations without a better validation AUC, keeping the best (0: off)."""
+    checkpoint_every: int = 0
+    """Write a checkpoint every N steps (0: only the final one); needs a checkpoint directory."""
+    keep_checkpoints: int = 3
+    device: str = "cpu"
+    """cpu, cuda or auto."""
+    threads: int = 0
+    """torch intra-op threads (0: all cores)."""
+    log_every: int = 50
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a YAML or command-line value to the annotated type, or raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key {key}: cannot read {value!r} as {annotation}")
+    if origin is list:
+        (item_type,) = args
+        if isinstance(value, str):
+            parts = [p for p in value.replace("-", ",").split(",") if p.strip()] if item_type is int else value.split(",")
+            value = parts
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key}: expected a list, got {value!r}")
+        return [_coerce(v, item_type, key) for v in value]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(f"config key {key}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key {key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        try:
+            as_float = float(str(value).replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"config key {key}: expected an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"config key {key}: expected an integer, got {value!r}")
+        return int(as_float)
+    if annotation is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key {key}: expected a number, got {value!r}") from None
+    if annotation is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"config key {key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _section_types(obj: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj))
+
+
+def set_key(config: Config, dotted: str, value: Any) -> None:
+    """Set `section.key` (or a top-level key such as `seed`) on config, converting the value."""
+    parts = dotted.replace("-", "_").split(".")
+    target: Any = config
+    for i, part in enumerate(parts):
+        hints = _section_types(target)
+        if part not in hints:
+            known = ", ".join(sorted(hints))
+            where = ".".join(parts[:i]) or "the top level"
+            raise ConfigError(f"unknown config key {dotted!r}: {where} has {known}")
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(getattr(target, part)):
+                raise ConfigError(f"config key {dotted!r} is a section; set one of its keys")
+            setattr(target, part, _coerce(value, hints[part], dotted))
+        else:
+            target = getattr(target, part)
+            if not dataclasses.is_dataclass(target):
+                raise ConfigError(f"config key {'.'.join(parts[: i + 1])!r} is not a section")
+
+
+def apply_mapping(config: Config, mapping: dict[str, Any], prefix: str = "") -> None:
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            apply_mapping(config, value, prefix=f"{dotted}.")
+        else:
+            set_key(config, dotted, value)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    return loaded
+
+
+def resolve(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the model preset, then the YAML file, then overrides."""
+    from recstack.models.zoo import apply_preset
+
+    file_mapping = load_yaml(config_file) if config_file else {}
+    overrides = dict(overrides or {})
+    config = Config()
+    preset = overrides.get("model.preset") or (file_mapping.get("model") or {}).get("preset") or config.model.preset
+    apply_preset(config, str(preset))
+    apply_mapping(config, file_mapping)
+    for key, value in overrides.items():
+        set_key(config, key, value)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    t, m, d = config.train, config.model, config.data
+    if t.batch_size <= 0 or t.eval_batch_size <= 0:
+        raise ConfigError("train.batch_size and train.eval_batch_size must be positive")
+    if t.epochs <= 0 and t.max_steps <= 0:
+        raise ConfigError("train.epochs must be positive (or set train.max_steps)")
+    if not 0.0 <= d.val_fraction < 1.0:
+        raise ConfigError("data.val_fraction must be in [0, 1)")
+    if m.scale <= 0:
+        raise ConfigError("model.scale must be positive")
+    if m.interaction not in ("dot", "cat"):
+        raise ConfigError(f"model.interaction must be dot or cat, not {m.interaction!r}")
+    if t.optimizer not in ("adam", "adagrad", "sgd"):
+        raise ConfigError(f"train.optimizer must be adam, adagrad or sgd, not {t.optimizer!r}")
+    if t.sparse_optimizer not in ("rowwise_adagrad", "adagrad", "sgd"):
+        raise ConfigError(
+            f"train.sparse_optimizer must be rowwise_adagrad, adagrad or sgd, not {t.sparse_optimizer!r}"
+        )
+    if t.device not in ("cpu", "cuda", "auto"):
+        raise ConfigError(f"train.device must be cpu, cuda or auto, not {t.device!r}")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError("model.dropout must be in [0, 1)")
+
+
+def parse_overrides(tokens: list[str]) -> dict[str, Any]:
+    """Turn `--section.key value` / `--section.key=value` tokens into a mapping."""
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--") or len(token) <= 2:
+            raise ConfigError(f"unexpected argument {token!r}; options look like --train.batch_size 4096")
+        key = token[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(tokens) or (tokens[i + 1].startswith("--") and not _is_number(tokens[i + 1])):
+                raise ConfigError(f"option --{key} needs a value")
+            value = tokens[i + 1]
+            i += 2
+        overrides[key.replace("-", "_")] = value
+    return overrides
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
