@@ -1,0 +1,223 @@
+"""The `recstack` command: one thin sub-command per verb. The work lives in the package; this file
+only parses arguments, calls it, and turns a RecstackError into one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from recstack.errors import ConfigError, RecstackError
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--report", metavar="FILE", help="write the JSON report here")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or tables")
+
+
+def _config_from(args: argparse.Namespace, extra: list[str]):
+    from recstack.config import parse_overrides, resolve
+
+    overrides: dict[str, Any] = {}
+    if getattr(args, "data", None):
+        overrides["data.path"] = args.data
+    if getattr(args, "seed", None) is not None:
+        overrides["seed"] = args.seed
+    overrides.update(parse_overrides(extra))
+    return resolve(args.config, overrides)
+
+
+def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from recstack.train.run import train
+
+    config = _config_from(args, extra)
+    train(config, checkpoint_dir=args.checkpoint_dir, resume=args.resume, report_path=args.report)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
+    from recstack.serve.scoring import evaluate_command
+
+    _no_extra(extra)
+    evaluate_command(args.checkpoint, data=args.data, raw_input=args.input, split=args.split, report_path=args.report,
+                     batch_size=args.batch_size)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
+    from recstack.serve.scoring import predict_command
+
+    _no_extra(extra)
+    predict_command(args.checkpoint, args.input, args.output, report_path=args.report, batch_size=args.batch_size)
+    return 0
+
+
+def cmd_prepare_criteo(args: argparse.Namespace, extra: list[str]) -> int:
+    from recstack.data.prepare import prepare_criteo
+    from recstack.data.report import finish_data_command
+
+    _no_extra(extra)
+    kwargs: dict[str, Any] = {}
+    if args.vocab_min_count is not None:
+        kwargs["vocab_min_count"] = args.vocab_min_count
+    report = prepare_criteo(
+        args.input,
+        args.out,
+        hash_buckets=args.hash_buckets,
+        split_tail=args.split_tail,
+        strict=args.strict,
+        workers=args.workers,
+        show_progress=not args.quiet,
+        **kwargs,
+    )
+    finish_data_command("data prepare criteo", report, args.report)
+    return 0
+
+
+def cmd_prepare_table(args: argparse.Namespace, extra: list[str]) -> int:
+    from recstack.data.report import finish_data_command
+    from recstack.data.table import prepare_table
+
+    _no_extra(extra)
+    report = prepare_table(
+        args.input, args.schema, args.out, strict=args.strict, split_tail=args.split_tail, show_progress=not args.quiet
+    )
+    finish_data_command("data prepare table", report, args.report)
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace, extra: list[str]) -> int:
+    from recstack.data.report import synth_command
+
+    _no_extra(extra)
+    synth_command(args.preset, args.rows, args.out, seed=args.seed, scale=args.scale,
+                  test_fraction=args.test_fraction, report_path=args.report, quiet=args.quiet)
+    return 0
+
+
+def cmd_bench_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from recstack.bench.train_bench import bench_train
+
+    overrides = {"model.preset": args.preset}
+    from recstack.config import parse_overrides
+
+    overrides.update(parse_overrides(extra))
+    bench_train(overrides, rows=args.rows, steps=args.steps, report_path=args.report, config_file=args.config)
+    return 0
+
+
+def _no_extra(extra: list[str]) -> None:
+    if extra:
+        raise ConfigError(f"unexpected arguments: {' '.join(extra)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recstack",
+        description="Train, serve and characterize deep learning recommendation models.",
+    )
+    from recstack import __version__
+
+    parser.add_argument("--version", action="version", version=f"recstack {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="COMMAND")
+
+    train = verbs.add_parser(
+        "train",
+        help="train a model (with no data: on synthetic Criteo-format data)",
+        description="Train, evaluate and write a report. Any config key can be set as --section.key VALUE "
+        "(e.g. --train.batch_size 4096 --model.scale 0.01).",
+    )
+    train.add_argument("--config", metavar="FILE", help="a YAML config (see configs/)")
+    train.add_argument("--data", metavar="DIR", help="a prepared dataset (recstack data prepare / synth)")
+    train.add_argument("--checkpoint-dir", metavar="DIR", help="write checkpoints here")
+    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --checkpoint-dir")
+    train.add_argument("--seed", type=int, help="the one seed for data order, initialization and synthetic data")
+    _add_common(train)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = verbs.add_parser("evaluate", help="metrics of a checkpoint on a dataset split or a raw labelled file")
+    evaluate.add_argument("--checkpoint", required=True, metavar="C", help="a checkpoint file, or a directory (its latest)")
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", metavar="DIR", help="a prepared dataset")
+    source.add_argument("--input", metavar="RAW_FILE", help="a raw labelled file (Criteo TSV), mapped by the checkpoint's vocabulary")
+    evaluate.add_argument("--split", default="test", help="split of --data to evaluate (default: test)")
+    evaluate.add_argument("--batch-size", type=int, default=16384)
+    _add_common(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = verbs.add_parser("predict", help="score a raw file: one probability per input line")
+    predict.add_argument("--checkpoint", required=True, metavar="C")
+    predict.add_argument("--input", required=True, metavar="RAW_FILE", help="Criteo TSV with or without the label column")
+    predict.add_argument("--output", required=True, metavar="FILE")
+    predict.add_argument("--batch-size", type=int, default=16384)
+    _add_common(predict)
+    predict.set_defaults(func=cmd_predict)
+
+    data = verbs.add_parser("data", help="prepare or synthesize datasets").add_subparsers(dest="data_verb", metavar="ACTION")
+    prepare = data.add_parser("prepare", help="convert raw logs into the binary format").add_subparsers(dest="source", metavar="SOURCE")
+    criteo = prepare.add_parser("criteo", help="Criteo Kaggle or Terabyte TSV (plain or .gz)")
+    criteo.add_argument("--input", nargs="+", required=True, metavar="FILE")
+    criteo.add_argument("--out", required=True, metavar="DIR")
+    ids = criteo.add_mutually_exclusive_group()
+    ids.add_argument("--vocab-min-count", type=int, metavar="N", help="values seen fewer times share the OOV id")
+    ids.add_argument("--hash-buckets", type=int, metavar="N", help="hash ids into N rows (no vocabulary pass)")
+    criteo.add_argument("--split-tail", type=float, default=0.0, metavar="F", help="keep the last fraction F as the test split")
+    criteo.add_argument("--strict", action="store_true", help="stop at the first bad row")
+    criteo.add_argument("--workers", type=int, default=2, help="parser processes (default 2)")
+    _add_common(criteo)
+    criteo.set_defaults(func=cmd_prepare_criteo)
+
+    table = prepare.add_parser("table", help="any CTR table (CSV, TSV, Parquet) described by a schema YAML")
+    table.add_argument("--input", required=True, metavar="FILE")
+    table.add_argument("--schema", required=True, metavar="SCHEMA.yaml")
+    table.add_argument("--out", required=True, metavar="DIR")
+    table.add_argument("--split-tail", type=float, default=0.0, metavar="F")
+    table.add_argument("--strict", action="store_true")
+    _add_common(table)
+    table.set_defaults(func=cmd_prepare_table)
+
+    synth = data.add_parser("synth", help="synthetic data with per-table skew and pooling")
+    synth.add_argument("--preset", default="criteo-kaggle")
+    synth.add_argument("--rows", type=int, required=True)
+    synth.add_argument("--out", required=True, metavar="DIR")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--scale", type=float, default=1.0, help="multiply every table's rows")
+    synth.add_argument("--test-fraction", type=float, default=0.1)
+    _add_common(synth)
+    synth.set_defaults(func=cmd_synth)
+
+    bench = verbs.add_parser("bench", help="benchmarks against this machine's ceilings").add_subparsers(dest="bench_verb", metavar="WHAT")
+    bench_train = bench.add_parser(
+        "train", help="training samples/s end to end and with loading excluded, next to the machine's ceiling"
+    )
+    bench_train.add_argument("--preset", default="criteo-kaggle")
+    bench_train.add_argument("--config", metavar="FILE")
+    bench_train.add_argument("--rows", type=int, default=1 << 20, help="synthetic rows to read (default 1Mi)")
+    bench_train.add_argument("--steps", type=int, default=200, help="measured steps per variant")
+    _add_common(bench_train)
+    bench_train.set_defaults(func=cmd_bench_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if not hasattr(args, "func"):
+        # plain `recstack` prints help; `recstack data` etc. print their own
+        parser.parse_args([*(argv if argv is not None else sys.argv[1:]), "--help"])
+        return 2
+    from recstack.progress import set_quiet
+
+    set_quiet(bool(getattr(args, "quiet", False)))
+    try:
+        return args.func(args, extra)
+    except RecstackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

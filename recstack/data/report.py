@@ -1,0 +1,89 @@
+"""What the data commands print for people and write for tools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from recstack.progress import console, is_quiet
+from recstack.report import new_report, write_report
+
+
+def finish_data_command(command: str, data_report: dict[str, Any], report_path: str | Path | None) -> dict[str, Any]:
+    report = new_report(command)
+    report.update(data_report)
+    write_report(report_path, report)
+    if not is_quiet():
+        print_data_summary(report)
+    return report
+
+
+def print_data_summary(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=report["command"], show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("rows read", f"{report['rows_read']:,}")
+    table.add_row("rows kept", f"{report['rows_kept']:,}")
+    table.add_row("rows rejected", f"{report['rows_rejected']:,}")
+    for reason, count in sorted(report.get("rejects_by_reason", {}).items()):
+        table.add_row(f"  {reason}", f"{count:,}")
+    for name, (a, b) in report.get("splits", {}).items():
+        table.add_row(f"split {name}", f"{b - a:,} rows")
+    if report.get("mb_per_s") is not None:
+        table.add_row("throughput", f"{report['mb_per_s']:.1f} MB/s ({report['seconds']:.1f} s)")
+    table.add_row("written to", str(report.get("out", "")))
+    console.print(table)
+    for reason, examples in sorted(report.get("reject_examples", {}).items()):
+        for ex in examples[:3]:
+            console.print(f"  rejected {ex.get('file', '')}:{ex['line']}: {reason}", style="yellow")
+
+
+def synth_command(
+    preset: str,
+    rows: int,
+    out: str | Path,
+    *,
+    seed: int,
+    scale: float,
+    test_fraction: float,
+    report_path: str | Path | None,
+    quiet: bool,
+) -> dict[str, Any]:
+    import time
+
+    from recstack.data.synth import generate
+    from recstack.errors import DataError
+
+    if rows <= 0:
+        raise DataError("--rows must be positive")
+    if not 0.0 <= test_fraction < 1.0:
+        raise DataError("--test-fraction must be in [0, 1)")
+    if scale <= 0:
+        raise DataError("--scale must be positive")
+    start = time.perf_counter()
+    schema = generate(preset, rows, out, seed=seed, scale=scale, test_fraction=test_fraction, show_progress=not quiet)
+    seconds = time.perf_counter() - start
+    report = new_report("data synth")
+    report.update(
+        {
+            "rows_read": schema.num_rows,
+            "rows_kept": schema.num_rows,
+            "rows_rejected": 0,
+            "rejects_by_reason": {},
+            "out": str(out),
+            "splits": schema.splits,
+            "seconds": seconds,
+            "rows_per_s": schema.num_rows / seconds if seconds else None,
+            "num_embeddings": {s.name: s.num_embeddings for s in schema.sparse},
+            "info": schema.info,
+        }
+    )
+    write_report(report_path, report)
+    if not quiet:
+        console.print(
+            f"wrote {schema.num_rows:,} synthetic rows ({preset}, scale {scale:g}) to {out} in {seconds:.1f} s; "
+            f"splits {', '.join(f'{k} {b - a:,}' for k, (a, b) in schema.splits.items())}"
+        )
+    return report

@@ -1,0 +1,55 @@
+"""DLRM (Naumov et al. 2019): a bottom MLP over dense features, sum-pooled embedding bags over
+sparse features, an interaction of the two (pairwise dot products, or concatenation), and a top
+MLP that outputs a click logit.
+
+    dense [B, 13] ── bottom MLP ──> x [B, D] ─┐
+                                              ├─ interaction ── top MLP ──> logit [B]
+    sparse ── EmbeddingCollection ─> [B, F, D]┘
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from recstack.data.batch import Batch
+from recstack.embeddings.base import EmbeddingCollection
+from recstack.models.layers import MLP, CatInteraction, DotInteraction
+
+
+class DLRM(nn.Module):
+    def __init__(
+        self,
+        num_dense: int,
+        embeddings: EmbeddingCollection,
+        bottom_mlp: list[int],
+        top_mlp: list[int],
+        interaction: str = "dot",
+        interaction_self: bool = False,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        dim = embeddings.tables[0].embedding_dim
+        if bottom_mlp[-1] != dim:
+            raise ValueError(f"the bottom MLP must end at the embedding dimension {dim}, not {bottom_mlp[-1]}")
+        num_features = len(embeddings.feature_names)
+        self.embeddings = embeddings
+        self.bottom = MLP([num_dense, *bottom_mlp], final_activation=True)
+        if interaction == "dot":
+            self.interaction: nn.Module = DotInteraction(num_features, dim, interaction_self)
+        else:
+            self.interaction = CatInteraction(num_features, dim)
+        self.top = MLP([self.interaction.output_dim, *top_mlp], dropout=dropout)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        x = self.bottom(batch.dense)
+        embedded = self.embeddings(batch.sparse)
+        logits = self.top(self.interaction(x, embedded))
+        return logits.squeeze(-1) if logits.shape[-1] == 1 else logits
+
+    def flops_per_sample(self) -> int:
+        """Forward FLOPs of the dense part (MLPs and interaction); training is about 3x."""
+        return self.bottom.flops_per_sample() + self.interaction.flops_per_sample() + self.top.flops_per_sample()
+
+    def embedding_lookups_per_sample(self) -> int:
+        return len(self.embeddings.feature_names)

@@ -1,0 +1,142 @@
+"""`recstack train`: resolve the data (synthesizing it when none is given), build the model,
+train, evaluate, print a summary and write the JSON report."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recstack.config import Config
+from recstack.data.store import SCHEMA_FILE, Dataset
+from recstack.models.zoo import build_model, describe
+from recstack.progress import console, is_quiet, say
+from recstack.report import new_report, write_report
+from recstack.train.trainer import Trainer
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("RECSTACK_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "recstack"
+    )
+    return Path(base)
+
+
+def synthetic_dataset(config: Config) -> Path:
+    """The synthetic dataset this config asks for, generated once and cached by its parameters."""
+    from recstack.data.synth import generate
+
+    d = config.data
+    key = f"{d.synth_preset}-rows{d.synth_rows}-scale{config.model.scale:g}-test{d.synth_test_fraction:g}-seed{config.seed}"
+    path = cache_dir() / "synth" / key
+    if not (path / SCHEMA_FILE).is_file():
+        say(f"generating synthetic data: preset {d.synth_preset}, {d.synth_rows:,} rows, scale {config.model.scale:g} -> {path}")
+        generate(
+            d.synth_preset,
+            d.synth_rows,
+            path,
+            seed=config.seed,
+            scale=config.model.scale,
+            test_fraction=d.synth_test_fraction,
+            show_progress=not is_quiet(),
+        )
+    return path
+
+
+def open_dataset(config: Config) -> Dataset:
+    if config.data.path:
+        return Dataset(config.data.path)
+    return Dataset(synthetic_dataset(config))
+
+
+def default_run_dir() -> Path:
+    return Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+
+
+def train(
+    config: Config,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    report_path: str | Path | None = None,
+    run_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    torch.manual_seed(config.seed)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    synthesized = not config.data.path
+    dataset = open_dataset(config)
+    run_dir = Path(run_dir) if run_dir else (Path(report_path).parent if report_path else default_run_dir())
+    if checkpoint_dir is None and not resume:
+        checkpoint_dir = run_dir / "checkpoints"
+    model = build_model(config, dataset.schema)
+    trainer = Trainer(config, dataset, model, run_dir=run_dir, checkpoint_dir=checkpoint_dir)
+    if resume:
+        trainer.resume()
+    sizes = describe(model)
+    say(
+        f"DLRM ({config.model.preset}): {sizes['dense_params']:,} dense parameters, "
+        f"{sizes['embedding_rows']:,} embedding rows ({sizes['embedding_bytes'] / 2**20:,.1f} MiB), "
+        f"{trainer.total_steps:,} steps of {config.train.batch_size}"
+    )
+    outcome = trainer.fit()
+    metrics = trainer.final_metrics()
+    state = trainer.state
+    report = new_report("train", config.to_dict())
+    report.update(
+        {
+            "data": {
+                "path": str(dataset.path),
+                "synthetic": synthesized,
+                "rows": {"train": trainer.train_rows, "val": trainer.val_rows, "test": trainer.test_rows},
+                "info": {k: v for k, v in dataset.schema.info.items() if k in ("generator", "preset", "true_auc", "true_logloss", "source", "mode")},
+            },
+            "model": sizes,
+            "metrics": metrics.get("test") or metrics.get("val") or {},
+            "metrics_by_split": metrics,
+            "throughput": {
+                "samples_per_s": state.samples / state.train_seconds if state.train_seconds else None,
+                "samples": state.samples,
+                "steps": state.step,
+                "train_seconds": state.train_seconds,
+            },
+            "training": {
+                "epochs_completed": state.epoch,
+                "best_val_auc": state.best_auc if state.best_step >= 0 else None,
+                "best_step": state.best_step if state.best_step >= 0 else None,
+                "stopped_early": state.stopped_early,
+                "history": state.history,
+            },
+            "checkpoint": outcome["checkpoint"],
+            "run_dir": str(run_dir),
+        }
+    )
+    report_path = Path(report_path) if report_path else run_dir / "report.json"
+    write_report(report_path, report)
+    report["report_path"] = str(report_path)
+    if not is_quiet():
+        print_summary(report)
+    return report
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title="recstack train", show_header=True, header_style="bold")
+    table.add_column("split")
+    for col in ("AUC", "log loss", "NE", "accuracy", "rows"):
+        table.add_column(col, justify="right")
+    for split, m in report["metrics_by_split"].items():
+        table.add_row(split, f"{m['auc']:.4f}", f"{m['logloss']:.4f}", f"{m['ne']:.4f}", f"{m['accuracy']:.4f}", f"{m['count']:,}")
+    true_auc = report["data"]["info"].get("true_auc")
+    if true_auc is not None:
+        table.add_row("true model", f"{float(true_auc):.4f}", "", "", "", "", style="dim")
+    console.print(table)
+    t = report["throughput"]
+    rate = f"{t['samples_per_s']:,.0f}" if t["samples_per_s"] else "n/a"
+    console.print(f"{t['samples']:,} samples in {t['train_seconds']:.1f} s of training ({rate} samples/s)")
+    if report["checkpoint"]:
+        console.print(f"checkpoint: {report['checkpoint']}")
+    console.print(f"report: {report['report_path']}")

@@ -1,0 +1,304 @@
+"""The training loop: any model of the zoo, any EmbeddingCollection, one path.
+
+Determinism is what makes `--resume` exact: the batch order depends only on (seed, epoch), the
+checkpoint stores the position inside the epoch, the optimizer states and the RNG state, so a run
+killed at any point and resumed from its latest checkpoint ends with the same parameters as one
+that never stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recstack.config import Config, TrainConfig
+from recstack.data.loader import BatchLoader
+from recstack.data.store import Dataset
+from recstack.errors import ConfigError
+from recstack.progress import progress_bar, say
+from recstack.train import checkpoint
+from recstack.train.metrics import MetricAccumulator
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is cuda but no CUDA device is available (use cpu or auto)")
+    return torch.device(name)
+
+
+def dense_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if train.optimizer == "adam":
+        return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)
+    if train.optimizer == "adagrad":
+        return torch.optim.Adagrad(params, lr=train.lr, weight_decay=train.weight_decay)
+    return torch.optim.SGD(params, lr=train.lr, weight_decay=train.weight_decay)
+
+
+def lr_factor(step: int, train: TrainConfig) -> float:
+    """Linear warm-up, then polynomial (power 2) decay, as the DLRM reference's LRPolicyScheduler."""
+    if train.warmup_steps and step < train.warmup_steps:
+        return (step + 1) / train.warmup_steps
+    if train.decay_steps and step >= train.decay_start_step:
+        remaining = max(0, train.decay_start_step + train.decay_steps - step)
+        return max(1e-7 / max(train.lr, 1e-12), (remaining / train.decay_steps) ** 2)
+    return 1.0
+
+
+def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+@torch.no_grad()
+def evaluate_rows(
+    model: nn.Module, dataset: Dataset, rows: tuple[int, int], batch_size: int, device: torch.device
+) -> dict[str, Any]:
+    """Metrics of the model on a contiguous row range, in order."""
+    was_training = model.training
+    model.eval()
+    accumulator = MetricAccumulator()
+    loader = BatchLoader(dataset, rows, batch_size, shuffle=False, drop_last=False, prefetch=2)
+    for batch in loader.epoch(0):
+        batch = batch.to(device)
+        probs = torch.sigmoid(model(batch))
+        accumulator.update(batch.labels.cpu().numpy(), probs.float().cpu().numpy())
+    model.train(was_training)
+    return accumulator.compute()
+
+
+@dataclass
+class TrainState:
+    """The trainer's position and history; saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    samples: int = 0
+    train_seconds: float = 0.0
+    best_auc: float = -math.inf
+    best_step: int = -1
+    evals_since_best: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: Config,
+        dataset: Dataset,
+        model: nn.Module,
+        run_dir: str | Path | None = None,
+        checkpoint_dir: str | Path | None = None,
+    ):
+        self.config = config
+        self.train_cfg = config.train
+        self.dataset = dataset
+        self.device = resolve_device(config.train.device)
+        self.model = model.to(self.device)
+        self.optimizer = dense_optimizer(self.model, config.train)
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.state = TrainState()
+        self._best_model_state: dict[str, torch.Tensor] | None = None
+        self._metrics_log = None
+
+        train_a, train_b = dataset.split(config.data.train_split)
+        val_rows = int((train_b - train_a) * config.data.val_fraction)
+        self.train_rows = (train_a, train_b - val_rows)
+        self.val_rows = (train_b - val_rows, train_b) if val_rows > 0 else None
+        self.test_rows = dataset.split(config.data.test_split) if config.data.test_split in dataset.schema.splits else None
+        if self.train_rows[1] <= self.train_rows[0]:
+            raise ConfigError("the training split is empty (check data.val_fraction and the dataset's splits)")
+        if config.train.early_stopping_patience and self.val_rows is None:
+            raise ConfigError("train.early_stopping_patience needs a validation split: set data.val_fraction > 0")
+        self.loader = BatchLoader(
+            dataset,
+            self.train_rows,
+            config.train.batch_size,
+            shuffle=config.data.shuffle,
+            seed=config.seed,
+            drop_last=config.data.drop_last,
+            prefetch=config.data.prefetch,
+        )
+        if len(self.loader) == 0:
+            raise ConfigError(
+                f"the training split has fewer rows than one batch ({config.train.batch_size}) and data.drop_last is set"
+            )
+        self.total_steps = len(self.loader) * config.train.epochs
+        if config.train.max_steps:
+            self.total_steps = min(self.total_steps, config.train.max_steps) if config.train.epochs else config.train.max_steps
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def _payload(self, model_state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+        vocab = {name: self.dataset.vocab(name) for name in self.dataset.schema.vocab}
+        return {
+            "config": self.config.to_dict(),
+            "schema": self.dataset.schema.to_json(),
+            "vocab": checkpoint.vocab_to_tensors({k: v for k, v in vocab.items() if v is not None}),
+            "model": model_state if model_state is not None else self.model.state_dict(),
+            "dense_optimizer": self.optimizer.state_dict(),
+            "trainer": self.state.to_dict(),
+            "rng": torch.get_rng_state(),
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        if self.checkpoint_dir is None:
+            return None
+        path = checkpoint.save(self.checkpoint_dir / checkpoint.checkpoint_name(self.state.step), self._payload())
+        checkpoint.prune(self.checkpoint_dir, self.train_cfg.keep_checkpoints)
+        return path
+
+    def resume(self) -> bool:
+        """Load the latest checkpoint of checkpoint_dir; False when there is none yet."""
+        if self.checkpoint_dir is None:
+            raise ConfigError("--resume needs --checkpoint-dir")
+        path = checkpoint.latest(self.checkpoint_dir)
+        if path is None:
+            return False
+        payload = checkpoint.load(path, map_location=self.device)
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["dense_optimizer"])
+        self.state = TrainState(**payload["trainer"])
+        torch.set_rng_state(payload["rng"])
+        best = self.checkpoint_dir / checkpoint.BEST
+        if self.state.best_step >= 0 and best.is_file():
+            self._best_model_state = checkpoint.load(best, map_location=self.device)["model"]
+        say(f"resumed from {path.name}: epoch {self.state.epoch}, step {self.state.step}")
+        return True
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.run_dir is None:
+            return
+        if self._metrics_log is None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._metrics_log = open(self.run_dir / "metrics.jsonl", "a")
+        self._metrics_log.write(json.dumps(record) + "\n")
+        self._metrics_log.flush()
+
+    def _set_lr(self) -> float:
+        factor = lr_factor(self.state.step, self.train_cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.train_cfg.lr * factor
+        return self.train_cfg.sparse_lr * factor
+
+    def train_step(self, batch) -> torch.Tensor:
+        sparse_lr = self._set_lr()
+        batch = batch.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(self.model(batch), batch.labels)
+        loss.backward()
+        self.optimizer.step()
+        self.model.embeddings.apply_gradients(sparse_lr)
+        return loss.detach()
+
+    def _evaluate_periodic(self) -> bool:
+        """Evaluate on validation (or test when there is none); True when training should stop."""
+        split, rows = ("val", self.val_rows) if self.val_rows is not None else ("test", self.test_rows)
+        if rows is None:
+            return False
+        metrics = evaluate_rows(self.model, self.dataset, rows, self.train_cfg.eval_batch_size, self.device)
+        record = {"step": self.state.step, "epoch": self.state.epoch, "split": split, **metrics}
+        self.state.history.append(record)
+        self._log({"event": "eval", **record})
+        say(f"step {self.state.step:>7}  {split} auc {metrics['auc']:.4f}  logloss {metrics['logloss']:.4f}")
+        if split != "val":
+            return False
+        if metrics["auc"] > self.state.best_auc:
+            self.state.best_auc = metrics["auc"]
+            self.state.best_step = self.state.step
+            self.state.evals_since_best = 0
+            if self.train_cfg.early_stopping_patience:
+                self._best_model_state = copy.deepcopy(self.model.state_dict())
+                if self.checkpoint_dir is not None:
+                    checkpoint.save(self.checkpoint_dir / checkpoint.BEST, self._payload(self._best_model_state))
+        else:
+            self.state.evals_since_best += 1
+        patience = self.train_cfg.early_stopping_patience
+        return bool(patience and self.state.evals_since_best >= patience)
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.train_cfg
+        self.model.train()
+        stop = self.state.stopped_early or self.state.step >= self.total_steps
+        window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+        with progress_bar("training", total=self.total_steps, status="") as bar:
+            bar.update(self.state.step)
+            while not stop and self.state.epoch < max(cfg.epochs, 1):
+                epoch_start_batch = self.state.batch_in_epoch
+                tick = time.perf_counter()
+                for batch in self.loader.epoch(self.state.epoch, start_batch=epoch_start_batch):
+                    loss = self.train_step(batch)
+                    self.state.step += 1
+                    self.state.batch_in_epoch += 1
+                    self.state.samples += batch.batch_size
+                    window_loss += float(loss)
+                    window_steps += 1
+                    if window_steps >= cfg.log_every:
+                        now = time.perf_counter()
+                        self.state.train_seconds += now - tick
+                        tick = now
+                        rate = window_steps * cfg.batch_size / max(now - window_start, 1e-9)
+                        record = {"event": "train", "step": self.state.step, "epoch": self.state.epoch,
+                                  "loss": window_loss / window_steps, "samples_per_s": rate}
+                        self._log(record)
+                        bar.update(window_steps, status=f"loss {record['loss']:.4f}  {rate:,.0f} samples/s")
+                        window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+                    at_end = self.state.step >= self.total_steps
+                    if (cfg.eval_every and self.state.step % cfg.eval_every == 0) or (
+                        at_end and cfg.eval_every and self.val_rows is not None
+                    ):
+                        self.state.train_seconds += time.perf_counter() - tick
+                        stop = self._evaluate_periodic()
+                        tick = window_start = time.perf_counter()
+                    if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
+                        self.state.train_seconds += time.perf_counter() - tick
+                        self.save_checkpoint()
+                        tick = window_start = time.perf_counter()
+                    if stop or at_end:
+                        stop = True
+                        break
+                else:
+                    # the epoch ran to its end
+                    self.state.train_seconds += time.perf_counter() - tick
+                    self.state.epoch += 1
+                    self.state.batch_in_epoch = 0
+                    if not cfg.eval_every:
+                        stop = self._evaluate_periodic() or stop
+                    continue
+                self.state.train_seconds += time.perf_counter() - tick
+            bar.update(window_steps)
+        if stop and self.state.evals_since_best >= max(cfg.early_stopping_patience, 1) and cfg.early_stopping_patience:
+            self.state.stopped_early = True
+        if self._best_model_state is not None and cfg.early_stopping_patience:
+            self.model.load_state_dict(self._best_model_state)
+            say(f"kept the best model: step {self.state.best_step}, val auc {self.state.best_auc:.4f}")
+        final = self.save_checkpoint()
+        if self._metrics_log is not None:
+            self._metrics_log.close()
+            self._metrics_log = None
+        return {"checkpoint": str(final) if final else None}
+
+    def final_metrics(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for name, rows in (("val", self.val_rows), ("test", self.test_rows)):
+            if rows is not None:
+                out[name] = evaluate_rows(self.model, self.dataset, rows, self.train_cfg.eval_batch_size, self.device)
+        return out
