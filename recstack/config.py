@@ -274,3 +274,11 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def from_dict(mapping: dict[str, Any]) -> Config:
+    """Rebuild a resolved config (as recorded in a checkpoint or report); no preset is applied."""
+    config = Config()
+    apply_mapping(config, mapping)
+    validate(config)
+    return config

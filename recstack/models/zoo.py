@@ -65,7 +65,7 @@ def sparse_optimizer_config(train: TrainConfig) -> SparseOptimizerConfig:
 def table_scale(config: Config, schema: Schema) -> float:
     """How much to shrink the data's tables: model.scale for real data; 1 for synthetic data,
     which the generator already made at model.scale."""
-    return 1.0 if schema.info.get("generator") == "recstack.synth" else config.model.scale
+    return 1.0 if schema.info.get("generator") == "recstack.data.synth" else config.model.scale
 
 
 def build_model(config: Config, schema: Schema) -> nn.Module:

@@ -69,8 +69,6 @@ def train(
     synthesized = not config.data.path
     dataset = open_dataset(config)
     run_dir = Path(run_dir) if run_dir else (Path(report_path).parent if report_path else default_run_dir())
-    if checkpoint_dir is None and not resume:
-        checkpoint_dir = run_dir / "checkpoints"
     model = build_model(config, dataset.schema)
     trainer = Trainer(config, dataset, model, run_dir=run_dir, checkpoint_dir=checkpoint_dir)
     if resume:

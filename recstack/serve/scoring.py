@@ -1,0 +1,193 @@
+"""Inference from a checkpoint alone: `recstack evaluate` and `recstack predict`.
+
+A checkpoint carries its config, the dataset schema and the categorical vocabularies, so raw
+Criteo lines are mapped to ids exactly as at training time (unseen values go to the OOV id)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from recstack.config import from_dict
+from recstack.data.batch import Batch, JaggedFeatures
+from recstack.data.store import Dataset, Schema
+from recstack.errors import CheckpointError, DataError
+from recstack.models.zoo import build_model
+from recstack.progress import console, is_quiet
+from recstack.report import new_report, write_report
+from recstack.train import checkpoint
+from recstack.train.metrics import MetricAccumulator
+from recstack.train.trainer import evaluate_rows
+
+
+class ScoringModel:
+    """A model rebuilt from a checkpoint, in inference mode, with what it needs to read raw input."""
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu"):
+        payload = checkpoint.load(path, map_location=device)
+        self.path = payload["path"]
+        self.config = from_dict(payload["config"])
+        self.schema = Schema.from_json(payload["schema"])
+        self.vocab = checkpoint.vocab_from_tensors(payload.get("vocab", {}))
+        self.device = torch.device(device)
+        self.model: nn.Module = build_model(self.config, self.schema)
+        try:
+            self.model.load_state_dict(payload["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{self.path}: model state does not fit its config ({str(exc).splitlines()[0]})") from None
+        self.model.to(self.device).eval()
+        self.step = payload["trainer"]["step"]
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> torch.Tensor:
+        return torch.sigmoid(self.model(batch.to(self.device))).float().cpu()
+
+    def check_dataset(self, dataset: Dataset) -> None:
+        mine = {s.name: s.num_embeddings for s in self.schema.sparse}
+        theirs = {s.name: s.num_embeddings for s in dataset.schema.sparse}
+        if set(mine) - set(theirs):
+            raise DataError(f"dataset {dataset.path} lacks sparse features {sorted(set(mine) - set(theirs))} the model reads")
+        bigger = [k for k in mine if theirs[k] > mine[k] and not self._folds(k)]
+        if bigger or len(dataset.schema.dense_names) != len(self.schema.dense_names):
+            raise DataError(
+                f"dataset {dataset.path} was not prepared like the model's training data "
+                "(other vocabularies or features); score raw files with --input instead"
+            )
+
+    def _folds(self, name: str) -> bool:
+        return any(t.fold for t in self.model.embeddings.tables if name in t.feature_names)
+
+    # --- raw Criteo input ---------------------------------------------------------------------
+
+    def raw_batches(self, path: str | Path, has_label: bool | None) -> Iterator[tuple[Any, Batch | None]]:
+        """(parsed chunk, batch of its kept rows) for each chunk of a raw Criteo file."""
+        from recstack.data.criteo import CAT_NAMES, DENSE_NAMES, encode_chunk, iter_criteo_chunks
+
+        if self.schema.dense_names != DENSE_NAMES or self.schema.sparse_names != CAT_NAMES:
+            raise DataError(
+                "raw --input is read as Criteo TSV, but this model was trained on other features; "
+                "prepare the file with `recstack data prepare table` and use --data"
+            )
+        hash_buckets = self.schema.info.get("hash_buckets")
+        if not hash_buckets and set(self.vocab) != set(CAT_NAMES):
+            raise CheckpointError(f"{self.path} carries no vocabulary for raw Criteo input")
+        for chunk in iter_criteo_chunks([path], chunk_bytes=4 << 20, has_label=has_label):
+            if chunk.num_kept == 0:
+                yield chunk, None
+                continue
+            ids = encode_chunk(chunk, vocabs=None if hash_buckets else self.vocab, hash_buckets=hash_buckets or None)
+            n = chunk.num_kept
+            sparse = JaggedFeatures(
+                keys=CAT_NAMES,
+                values=torch.from_numpy(np.concatenate([ids[k] for k in CAT_NAMES]).astype(np.int64)),
+                lengths=torch.ones(n * len(CAT_NAMES), dtype=torch.int32),
+                batch_size=n,
+            )
+            labels = torch.from_numpy(chunk.labels) if chunk.labels is not None else torch.zeros(n)
+            yield chunk, Batch(torch.from_numpy(np.ascontiguousarray(chunk.dense)), sparse, labels)
+
+
+def _reject_summary(chunks_rejects: dict[str, int], examples: dict[str, list[dict[str, Any]]], chunk) -> None:
+    for line, name in zip(chunk.reject_lines.tolist(), chunk.reject_names()):
+        chunks_rejects[name] = chunks_rejects.get(name, 0) + 1
+        if len(examples.setdefault(name, [])) < 5:
+            examples[name].append({"file": chunk.file, "line": line, "reason": name})
+
+
+def evaluate_command(
+    checkpoint_path: str | Path,
+    data: str | None,
+    raw_input: str | None,
+    split: str,
+    report_path: str | None,
+    batch_size: int = 16384,
+) -> dict[str, Any]:
+    scorer = ScoringModel(checkpoint_path)
+    report = new_report("evaluate", scorer.config.to_dict())
+    report["checkpoint"] = scorer.path
+    start = time.perf_counter()
+    if data:
+        dataset = Dataset(data)
+        scorer.check_dataset(dataset)
+        rows = dataset.split(split)
+        metrics = evaluate_rows(scorer.model, dataset, rows, batch_size, scorer.device)
+        report.update({"data": str(dataset.path), "split": split, "rows": list(rows)})
+    else:
+        accumulator = MetricAccumulator()
+        rejects: dict[str, int] = {}
+        examples: dict[str, list[dict[str, Any]]] = {}
+        rows_read = 0
+        for chunk, batch in scorer.raw_batches(raw_input, has_label=True):
+            rows_read += chunk.num_lines
+            _reject_summary(rejects, examples, chunk)
+            if batch is not None:
+                accumulator.update(batch.labels.numpy(), scorer.predict(batch).numpy())
+        if accumulator.count == 0:
+            raise DataError(f"{raw_input}: no labelled row could be read ({rows_read} rows, all rejected)")
+        metrics = accumulator.compute()
+        report.update({"input": raw_input, "rows_read": rows_read, "rows_kept": rows_read - sum(rejects.values()),
+                       "rows_rejected": sum(rejects.values()), "rejects_by_reason": rejects, "reject_examples": examples})
+    seconds = time.perf_counter() - start
+    report["metrics"] = metrics
+    report["throughput"] = {"samples_per_s": metrics["count"] / seconds if seconds else None, "seconds": seconds}
+    write_report(report_path, report)
+    if not is_quiet():
+        console.print(
+            f"AUC {metrics['auc']:.4f}  log loss {metrics['logloss']:.4f}  NE {metrics['ne']:.4f}  "
+            f"accuracy {metrics['accuracy']:.4f}  on {metrics['count']:,} rows"
+        )
+        if report.get("rows_rejected"):
+            console.print(f"{report['rows_rejected']:,} rows rejected: {report['rejects_by_reason']}", style="yellow")
+    return report
+
+
+def predict_command(
+    checkpoint_path: str | Path, raw_input: str, output: str, report_path: str | None = None, batch_size: int = 16384
+) -> dict[str, Any]:
+    """One probability per input line, in input order; a rejected line gets `nan` (and is counted),
+    so line i of the output always answers line i of the input."""
+    scorer = ScoringModel(checkpoint_path)
+    rejects: dict[str, int] = {}
+    examples: dict[str, list[dict[str, Any]]] = {}
+    rows_read = written = 0
+    start = time.perf_counter()
+    out_path = Path(output)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    with open(tmp, "w") as out:
+        next_line = 1
+        for chunk, batch in scorer.raw_batches(raw_input, has_label=None):
+            rows_read += chunk.num_lines
+            _reject_summary(rejects, examples, chunk)
+            if chunk.num_lines == 0:
+                continue
+            first = min(int(chunk.lines.min()) if chunk.num_kept else 1 << 62,
+                        int(chunk.reject_lines.min()) if chunk.num_rejected else 1 << 62)
+            scores = np.full(chunk.num_lines, np.nan)
+            if batch is not None:
+                scores[chunk.lines - first] = scorer.predict(batch).numpy()
+            if first != next_line:
+                raise DataError(f"{raw_input}: lines {next_line}..{first - 1} were neither scored nor rejected")
+            out.write("\n".join("nan" if np.isnan(s) else f"{s:.6f}" for s in scores) + "\n")
+            written += chunk.num_lines
+            next_line = first + chunk.num_lines
+    tmp.replace(out_path)
+    seconds = time.perf_counter() - start
+    report = new_report("predict", scorer.config.to_dict())
+    report.update({
+        "checkpoint": scorer.path, "input": raw_input, "output": str(out_path), "rows_read": rows_read,
+        "rows_scored": rows_read - sum(rejects.values()), "rows_rejected": sum(rejects.values()),
+        "rejects_by_reason": rejects, "reject_examples": examples,
+        "throughput": {"samples_per_s": rows_read / seconds if seconds else None, "seconds": seconds},
+    })
+    write_report(report_path, report)
+    if not is_quiet():
+        console.print(f"scored {report['rows_scored']:,} of {rows_read:,} lines -> {out_path} ({seconds:.1f} s)")
+        if report["rows_rejected"]:
+            console.print(f"{report['rows_rejected']:,} lines rejected (written as nan): {rejects}", style="yellow")
+    return report
