@@ -27,7 +27,7 @@ def print_data_summary(report: dict[str, Any]) -> None:
     table.add_row("rows read", f"{report['rows_read']:,}")
     table.add_row("rows kept", f"{report['rows_kept']:,}")
     table.add_row("rows rejected", f"{report['rows_rejected']:,}")
-    for reason, count in sorted(report.get("rejects_by_reason", {}).items()):
+    for reason, count in sorted((r, c) for r, c in report.get("rejects_by_reason", {}).items() if c):
         table.add_row(f"  {reason}", f"{count:,}")
     for name, (a, b) in report.get("splits", {}).items():
         table.add_row(f"split {name}", f"{b - a:,} rows")
