@@ -38,12 +38,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def dense_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    """The MLP optimizer; fused (one kernel for all parameters) where torch has it: on a CPU the
+    unfused Adam costs about 4x more per step for a DLRM's half-million parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if train.optimizer == "adam":
-        return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)
-    if train.optimizer == "adagrad":
-        return torch.optim.Adagrad(params, lr=train.lr, weight_decay=train.weight_decay)
-    return torch.optim.SGD(params, lr=train.lr, weight_decay=train.weight_decay)
+    kind = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}[train.optimizer]
+    try:
+        return kind(params, lr=train.lr, weight_decay=train.weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return kind(params, lr=train.lr, weight_decay=train.weight_decay)
 
 
 def lr_factor(step: int, train: TrainConfig) -> float:
