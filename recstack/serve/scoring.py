@@ -34,6 +34,7 @@ class ScoringModel:
         self.config = from_dict(payload["config"])
         self.schema = Schema.from_json(payload["schema"])
         self.vocab = checkpoint.vocab_from_tensors(payload.get("vocab", {}))
+        self._vocab_index: dict[str, Any] | None = None
         self.device = torch.device(device)
         self.model: nn.Module = build_model(self.config, self.schema)
         try:
@@ -76,11 +77,15 @@ class ScoringModel:
         hash_buckets = self.schema.info.get("hash_buckets")
         if not hash_buckets and set(self.vocab) != set(CAT_NAMES):
             raise CheckpointError(f"{self.path} carries no vocabulary for raw Criteo input")
+        if not hash_buckets and self._vocab_index is None:
+            from recstack.data.vocab import VocabIndex
+
+            self._vocab_index = {k: VocabIndex(v) for k, v in self.vocab.items()}
         for chunk in iter_criteo_chunks([path], chunk_bytes=4 << 20, has_label=has_label):
             if chunk.num_kept == 0:
                 yield chunk, None
                 continue
-            ids = encode_chunk(chunk, vocabs=None if hash_buckets else self.vocab, hash_buckets=hash_buckets or None)
+            ids = encode_chunk(chunk, vocabs=None if hash_buckets else self._vocab_index, hash_buckets=hash_buckets or None)
             n = chunk.num_kept
             sparse = JaggedFeatures(
                 keys=CAT_NAMES,

@@ -1,0 +1,577 @@
+"""Any CTR table (CSV, TSV or Parquet) -> a binary dataset, described by a small YAML schema:
+
+    format: csv            # csv | tsv | parquet; default: from the file's extension
+    header: true           # false: columns are named by 0-based index
+    delimiter: ","         # optional; default "," for csv, tab for tsv
+    label: click           # or `labels: [click, purchase]` for multi-task
+    dense: [price, age]
+    categorical: [user_id, item_id, city]
+    dense_transform: log1p # log1p (default: negatives clipped to 0, then log(1 + x)) | none
+    vocab_min_count: 1     # default 1
+    hash_buckets: 1000003  # optional: hashed ids instead of vocabularies
+
+Categorical values are strings (a Parquet integer reads as its decimal text); each maps to a uint64 raw
+key by a stable 64-bit hash (BLAKE2b, 8 bytes), so the vocabulary and hash encoders of `vocab.py` apply
+unchanged, and a saved vocabulary can encode new rows at predict time (`encode_table_rows`).
+An empty value (or a Parquet null) is missing: MISSING_ID for a categorical, 0 for a dense value.
+
+Rows that do not fit are rejected with a reason from TABLE_REJECT_REASONS and counted; rows_read counts
+records (a quoted CSV field may span lines) and always equals rows_kept + rows_rejected.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from recstack.data.prepare import RejectLog, RowSink, build_dataset, check_inputs, maybe_progress, reject_info
+from recstack.data.vocab import VocabIndex, encode_hash, encode_vocab
+from recstack.errors import DataError
+
+TABLE_REJECT_REASONS: tuple[str, ...] = (
+    "wrong_field_count",
+    "bad_label",
+    "non_numeric_dense",
+    "missing_column",
+    "malformed_row",
+)
+"""wrong_field_count: a CSV row with another number of fields than the header (or first row);
+bad_label: empty or not a finite number; non_numeric_dense: not a finite number; missing_column: a
+record (encode_table_rows) lacks a column the schema names; malformed_row: the CSV reader could not
+read the record (bad quoting, a field over the csv module's size limit)."""
+_CODE = {name: code for code, name in enumerate(TABLE_REJECT_REASONS)}
+
+FORMATS = ("csv", "tsv", "parquet")
+_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+_SPEC_KEYS = {
+    "format", "header", "delimiter", "label", "labels", "dense", "categorical",
+    "dense_transform", "vocab_min_count", "hash_buckets",
+}  # fmt: skip
+BATCH_ROWS = 1 << 16
+
+Column = str | int
+
+
+@dataclass
+class TableSpec:
+    format: str
+    header: bool = True
+    delimiter: str | None = None
+    labels: list[Column] = field(default_factory=list)
+    dense: list[Column] = field(default_factory=list)
+    categorical: list[Column] = field(default_factory=list)
+    dense_transform: str = "log1p"
+    vocab_min_count: int = 1
+    hash_buckets: int | None = None
+
+    @property
+    def label_names(self) -> list[str]:
+        return [_column_name(c) for c in self.labels]
+
+    @property
+    def dense_names(self) -> list[str]:
+        return [_column_name(c) for c in self.dense]
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Sparse feature names (file-safe, unique), one per categorical column, in order."""
+        names: list[str] = []
+        for column in self.categorical:
+            base = re.sub(r"[^A-Za-z0-9_.-]", "_", _column_name(column)).lstrip(".") or "feature"
+            name, k = base, 1
+            while name in names:
+                k += 1
+                name = f"{base}_{k}"
+            names.append(name)
+        return names
+
+    def columns(self) -> list[Column]:
+        """Every column the schema names, each once, in order."""
+        return list(dict.fromkeys([*self.labels, *self.dense, *self.categorical]))
+
+
+def _column_name(column: Column) -> str:
+    return column if isinstance(column, str) else f"col{column}"
+
+
+def load_table_spec(schema: str | Path | Mapping[str, Any], input_path: str | Path | None = None) -> TableSpec:
+    """Read and check a table schema (a YAML file or an already-loaded mapping)."""
+    where = "table schema"
+    if not isinstance(schema, Mapping):
+        where = str(schema)
+        try:
+            schema = yaml.safe_load(Path(schema).read_text()) or {}
+        except FileNotFoundError:
+            raise DataError(f"table schema {where} does not exist") from None
+        except (OSError, yaml.YAMLError) as exc:
+            raise DataError(f"cannot read table schema {where}: {exc}") from None
+    if not isinstance(schema, Mapping):
+        raise DataError(f"{where}: expected a mapping of keys (format, label, dense, categorical, ...)")
+    unknown = sorted(set(schema) - _SPEC_KEYS)
+    if unknown:
+        raise DataError(
+            f"{where}: unknown key(s) {', '.join(map(str, unknown))} (known: {', '.join(sorted(_SPEC_KEYS))})"
+        )
+    if "label" in schema and "labels" in schema:
+        raise DataError(f"{where}: give either `label` or `labels`, not both")
+    header = bool(schema.get("header", True))
+    labels = schema.get("labels", schema.get("label", []))
+    spec = TableSpec(
+        format=str(schema.get("format") or _format_from_path(input_path, where)).lower(),
+        header=header,
+        delimiter=schema.get("delimiter"),
+        labels=_column_list(labels, header, where, "label"),
+        dense=_column_list(schema.get("dense", []), header, where, "dense"),
+        categorical=_column_list(schema.get("categorical", []), header, where, "categorical"),
+        dense_transform=str(schema.get("dense_transform", "log1p")).lower(),
+        vocab_min_count=int(schema.get("vocab_min_count", 1)),
+        hash_buckets=None if schema.get("hash_buckets") is None else int(schema["hash_buckets"]),
+    )
+    _check_spec(spec, where)
+    return spec
+
+
+def _format_from_path(path: str | Path | None, where: str) -> str:
+    if path is not None:
+        suffixes = [s.lower() for s in Path(path).suffixes if s.lower() != ".gz"]
+        if suffixes and suffixes[-1] in _EXTENSIONS:
+            return _EXTENSIONS[suffixes[-1]]
+    raise DataError(f"{where}: set `format` (one of {', '.join(FORMATS)}); it cannot be told from the file name")
+
+
+def _column_list(value: Any, header: bool, where: str, key: str) -> list[Column]:
+    items = value if isinstance(value, list) else [value]
+    out: list[Column] = []
+    for item in items:
+        if header and isinstance(item, str):
+            out.append(item)
+        elif not header and isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+            out.append(item)
+        else:
+            expected = "column names" if header else "0-based column indices (the table has no header)"
+            raise DataError(f"{where}: `{key}` must list {expected}, got {item!r}")
+    return out
+
+
+def _check_spec(spec: TableSpec, where: str) -> None:
+    if spec.format not in FORMATS:
+        raise DataError(f"{where}: format {spec.format!r} is not one of {', '.join(FORMATS)}")
+    if spec.dense_transform not in ("log1p", "none"):
+        raise DataError(f"{where}: dense_transform must be log1p or none, got {spec.dense_transform!r}")
+    if spec.vocab_min_count < 1:
+        raise DataError(f"{where}: vocab_min_count must be >= 1")
+    if spec.hash_buckets is not None and spec.hash_buckets <= 2:
+        raise DataError(f"{where}: hash_buckets must be > 2")
+    if not spec.dense and not spec.categorical:
+        raise DataError(f"{where}: name at least one `dense` or `categorical` column")
+    if spec.delimiter is not None and len(spec.delimiter) != 1:
+        raise DataError(f"{where}: delimiter must be one character, got {spec.delimiter!r}")
+    if spec.format == "parquet" and not spec.header:
+        raise DataError(f"{where}: a Parquet file always has column names; remove `header: false`")
+
+
+# --------------------------------------------------------------------------------------------
+# Values -> arrays
+
+
+def _as_objects(values: Sequence[Any]) -> np.ndarray:
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr
+
+
+def _empty_mask(arr: np.ndarray) -> np.ndarray:
+    return np.equal(arr, None) | np.equal(arr, "")
+
+
+def _to_float(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(float64 values, missing, bad): empty/None is missing (value 0); bad = not a finite number."""
+    arr = _as_objects(values)
+    missing = _empty_mask(arr)
+    arr[missing] = 0.0
+    try:
+        out = arr.astype(np.float64)  # float() on every value: fast when all parse
+    except (ValueError, TypeError):
+        out = np.array([_float_or_nan(v) for v in arr], dtype=np.float64)
+    bad = ~np.isfinite(out)
+    out[bad] = 0.0
+    return out, missing, bad
+
+
+def _float_or_nan(value: Any) -> float:
+    try:
+        return float(value)
+    except (ValueError, TypeError):
+        return float("nan")
+
+
+def hash_keys(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(uint64 raw keys, missing) for categorical values: BLAKE2b-64 of each value's text, computed
+    once per distinct value."""
+    arr = _as_objects(values)
+    missing = _empty_mask(arr)
+    arr[missing] = ""
+    text = arr.astype(str)
+    distinct, inverse = np.unique(text, return_inverse=True)
+    digests = b"".join(
+        hashlib.blake2b(s.encode("utf-8", "surrogateescape"), digest_size=8).digest() for s in distinct.tolist()
+    )
+    keys = np.frombuffer(digests, dtype="<u8").astype(np.uint64)[inverse.reshape(-1)]
+    keys[missing] = 0
+    return keys, missing
+
+
+@dataclass
+class ParsedTable:
+    """Kept rows of one batch and the rejects, like criteo.ParsedChunk."""
+
+    labels: np.ndarray | None
+    """float32 [n, T], or None when labels were not asked for."""
+    dense: np.ndarray
+    """float32 [n, D], transformed."""
+    cat: np.ndarray
+    """uint64 [n, K] raw keys."""
+    missing: np.ndarray
+    """bool [n, K]."""
+    kept: np.ndarray
+    """int64 [n]: index of each kept row among the batch's rows."""
+    lines: np.ndarray
+    """int64 [n]: line (CSV) or row (Parquet) number of each kept row, 1-based."""
+    reject_lines: np.ndarray
+    reject_reasons: np.ndarray
+    """int8 codes into TABLE_REJECT_REASONS."""
+    file: str = ""
+    input_bytes: int = 0
+
+
+def parse_columns(
+    columns: Mapping[Column, Sequence[Any]],
+    num_rows: int,
+    spec: TableSpec,
+    *,
+    with_labels: bool = True,
+    absent: np.ndarray | None = None,
+) -> tuple[ParsedTable, np.ndarray]:
+    """Convert one batch of column values. `absent` [n, columns] marks values a record did not have
+    (missing_column). Returns (kept rows, reason code per input row, -1 for kept)."""
+    reason = np.full(num_rows, -1, dtype=np.int8)
+    if absent is not None:
+        needed = [i for i, c in enumerate(spec.columns()) if with_labels or c not in spec.labels]
+        reason[absent[:, needed].any(1)] = _CODE["missing_column"]
+
+    def reject(mask: np.ndarray, name: str) -> None:
+        reason[mask & (reason < 0)] = _CODE[name]
+
+    labels = None
+    if with_labels:
+        labels = np.zeros((num_rows, len(spec.labels)), np.float32)
+        for j, column in enumerate(spec.labels):
+            values, missing, bad = _to_float(columns[column])
+            reject(missing | bad, "bad_label")
+            labels[:, j] = values
+    dense = np.zeros((num_rows, len(spec.dense)), np.float32)
+    for j, column in enumerate(spec.dense):
+        values, _, bad = _to_float(columns[column])
+        reject(bad, "non_numeric_dense")
+        if spec.dense_transform == "log1p":
+            values = np.log1p(np.maximum(values, 0.0))
+        dense[:, j] = values
+    cat = np.zeros((num_rows, len(spec.categorical)), np.uint64, order="F")
+    missing_cat = np.zeros((num_rows, len(spec.categorical)), bool, order="F")
+    for j, column in enumerate(spec.categorical):
+        cat[:, j], missing_cat[:, j] = hash_keys(columns[column])
+    kept = np.flatnonzero(reason < 0)
+    parsed = ParsedTable(
+        labels=None if labels is None else labels[kept],
+        dense=dense[kept],
+        cat=cat[kept],
+        missing=missing_cat[kept],
+        kept=kept,
+        lines=kept.astype(np.int64),
+        reject_lines=np.zeros(0, np.int64),
+        reject_reasons=np.zeros(0, np.int8),
+    )
+    return parsed, reason
+
+
+# --------------------------------------------------------------------------------------------
+# Files -> batches of columns
+
+
+@dataclass
+class _Batch:
+    columns: dict[Column, list[Any]]
+    lines: list[int]
+    rejects: list[tuple[int, str]]
+    input_bytes: int
+
+
+def _resolve(spec: TableSpec, names: list[str] | None, width: int, path: Path) -> dict[Column, int]:
+    """Column -> field index in each row; a column the file lacks is a DataError."""
+    where: dict[Column, int] = {}
+    for column in spec.columns():
+        if isinstance(column, int):
+            if column >= width:
+                raise DataError(f"{path}: column index {column} is out of range (rows have {width} fields)")
+            where[column] = column
+        elif names is None or column not in names:
+            shown = ", ".join(names[:20]) if names else "none"
+            raise DataError(f"{path}: has no column {column!r} (columns: {shown})")
+        else:
+            where[column] = names.index(column)
+    return where
+
+
+def _open_text(path: Path):
+    raw = open(path, "rb")
+    if raw.read(2) == b"\x1f\x8b":
+        raw.seek(0)
+        return raw, io.TextIOWrapper(gzip.GzipFile(fileobj=raw), encoding="utf-8", errors="surrogateescape", newline="")
+    raw.seek(0)
+    return raw, io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+
+
+def _csv_batches(path: Path, spec: TableSpec, batch_rows: int) -> Iterator[_Batch]:
+    delimiter = spec.delimiter or ("\t" if spec.format == "tsv" else ",")
+    raw, text = _open_text(path)
+    with raw, text:
+        # TSV has no quoting convention: a quote character is data there
+        quoting = csv.QUOTE_NONE if spec.format == "tsv" else csv.QUOTE_MINIMAL
+        reader = csv.reader(text, delimiter=delimiter, quoting=quoting, strict=True)
+        first = _next_row(reader)
+        if first is None or isinstance(first, csv.Error):
+            raise DataError(f"{path}: cannot read a first row ({first or 'the file is empty'})")
+        names = [first[0].lstrip("\ufeff"), *first[1:]] if spec.header else None
+        where = _resolve(spec, names, len(first), path)
+        width = len(first)
+        pending: list[list[str]] = [] if spec.header else [first]
+        lines: list[int] = [] if spec.header else [reader.line_num]
+        rejects: list[tuple[int, str]] = []
+        position = 0
+        while True:
+            row = _next_row(reader)
+            if row is None:
+                break
+            if isinstance(row, csv.Error):
+                rejects.append((reader.line_num, "malformed_row"))
+            elif len(row) != width:
+                rejects.append((reader.line_num, "wrong_field_count"))
+            else:
+                pending.append(row)
+                lines.append(reader.line_num)
+            if len(pending) + len(rejects) >= batch_rows:
+                yield _make_batch(pending, lines, rejects, where, raw.tell() - position)
+                position = raw.tell()
+                pending, lines, rejects = [], [], []
+        yield _make_batch(pending, lines, rejects, where, raw.tell() - position)
+
+
+def _next_row(reader) -> list[str] | csv.Error | None:
+    try:
+        return next(reader)
+    except StopIteration:
+        return None
+    except csv.Error as exc:
+        return exc
+
+
+def _make_batch(rows: list[list[str]], lines: list[int], rejects, where: dict[Column, int], input_bytes: int) -> _Batch:
+    columns = {column: [row[i] for row in rows] for column, i in where.items()}
+    return _Batch(columns, lines, rejects, input_bytes)
+
+
+def _parquet_batches(path: Path, spec: TableSpec, batch_rows: int) -> Iterator[_Batch]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError("reading Parquet needs pyarrow", hint="pip install 'recstack[parquet]'") from None
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises its own error types for damaged files
+        raise DataError(f"cannot read Parquet file {path}: {exc}") from None
+    names = list(pf.schema_arrow.names)
+    where = _resolve(spec, names, len(names), path)
+    total_rows = max(pf.metadata.num_rows, 1)
+    size = path.stat().st_size
+    row = 0
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=sorted({names[i] for i in where.values()})):
+        columns = {column: batch.column(names[i]).to_pylist() for column, i in where.items()}
+        n = batch.num_rows
+        yield _Batch(columns, list(range(row + 1, row + n + 1)), [], int(size * n / total_rows))
+        row += n
+
+
+def iter_table_chunks(
+    path: str | Path,
+    spec: TableSpec,
+    *,
+    with_labels: bool = True,
+    batch_rows: int = BATCH_ROWS,
+) -> Iterator[ParsedTable]:
+    """Parsed batches of a table file, in order, each with its rejects (by line or row number)."""
+    path = Path(path)
+    batches = (
+        _parquet_batches(path, spec, batch_rows) if spec.format == "parquet" else _csv_batches(path, spec, batch_rows)
+    )
+    for batch in batches:
+        parsed, reason = parse_columns(batch.columns, len(batch.lines), spec, with_labels=with_labels)
+        lines = np.asarray(batch.lines, dtype=np.int64)
+        rejected = np.flatnonzero(reason >= 0)
+        reject_lines = np.concatenate([lines[rejected], np.array([ln for ln, _ in batch.rejects], np.int64)])
+        reject_codes = np.concatenate([reason[rejected], np.array([_CODE[r] for _, r in batch.rejects], np.int8)])
+        order = np.argsort(reject_lines, kind="stable")
+        parsed.lines = lines[parsed.kept]
+        parsed.reject_lines, parsed.reject_reasons = reject_lines[order], reject_codes[order]
+        parsed.file = str(path)
+        parsed.input_bytes = batch.input_bytes
+        yield parsed
+
+
+# --------------------------------------------------------------------------------------------
+# Predict: raw records through a saved vocabulary
+
+
+@dataclass
+class EncodedRows:
+    dense: np.ndarray
+    """float32 [n, D] for the kept records."""
+    ids: dict[str, np.ndarray]
+    """sparse feature name -> ids [n]."""
+    labels: np.ndarray | None
+    kept: np.ndarray
+    """Index of each kept record in the input."""
+    rejected: np.ndarray
+    reasons: list[str]
+    """Reject reason of each rejected record."""
+
+
+def encode_table_rows(
+    records: Sequence[Mapping[Column, Any]],
+    spec: TableSpec,
+    *,
+    vocabs: Mapping[str, np.ndarray | VocabIndex] | None = None,
+    hash_buckets: int | None = None,
+    with_labels: bool = False,
+) -> EncodedRows:
+    """Encode records (column -> raw value, e.g. parsed JSON) the way `prepare_table` encoded its rows:
+    through saved vocabularies (feature name -> sorted uint64 keys, `Dataset.vocab(name)`), or hashed.
+    Records that do not fit are reported (rejected, reasons), never raised."""
+    columns_needed = spec.columns()
+    absent = np.array([[c not in r for c in columns_needed] for r in records], dtype=bool).reshape(len(records), -1)
+    columns = {c: [r.get(c) for r in records] for c in columns_needed}
+    parsed, reason = parse_columns(columns, len(records), spec, with_labels=with_labels, absent=absent)
+    ids = encode_parsed(parsed, spec, vocabs=vocabs, hash_buckets=hash_buckets)
+    rejected = np.flatnonzero(reason >= 0)
+    return EncodedRows(
+        dense=parsed.dense,
+        ids=ids,
+        labels=parsed.labels,
+        kept=parsed.kept,
+        rejected=rejected,
+        reasons=[TABLE_REJECT_REASONS[c] for c in reason[rejected]],
+    )
+
+
+def encode_parsed(
+    parsed: ParsedTable,
+    spec: TableSpec,
+    *,
+    vocabs: Mapping[str, np.ndarray | VocabIndex] | None = None,
+    hash_buckets: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Ids per sparse feature for a parsed batch (from `iter_table_chunks` or `parse_columns`)."""
+    if (vocabs is None) == (hash_buckets is None):
+        raise ValueError("give exactly one of vocabs and hash_buckets")
+    columns = {name: (parsed.cat[:, j], parsed.missing[:, j]) for j, name in enumerate(spec.feature_names)}
+    if vocabs is not None:
+        return {name: encode_vocab(raw, missing, vocabs[name]) for name, (raw, missing) in columns.items()}
+    assert hash_buckets is not None
+    return {name: encode_hash(raw, missing, hash_buckets) for name, (raw, missing) in columns.items()}
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def prepare_table(
+    input: str | Path,
+    schema_yaml: str | Path | Mapping[str, Any],
+    out: str | Path,
+    *,
+    strict: bool = False,
+    split_tail: float = 0.0,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Convert one CSV/TSV/Parquet table into a dataset at `out`; returns the data report (the same
+    keys as `prepare_criteo`)."""
+    paths = check_inputs(input)
+    if len(paths) != 1:
+        raise DataError(f"prepare_table reads one table file, got {len(paths)}")
+    path = paths[0]
+    spec = load_table_spec(schema_yaml, path)
+    if not spec.labels:
+        raise DataError("the table schema names no `label` (or `labels`) column; prepare needs one")
+    log = RejectLog(TABLE_REJECT_REASONS, strict)
+
+    def stream(sink: RowSink, pool) -> tuple[int, int]:
+        input_bytes = path.stat().st_size
+        with maybe_progress(show_progress, "prepare", input_bytes / 1e6, "MB") as bar:
+            for chunk in iter_table_chunks(path, spec):
+                log.add(chunk.file, chunk.reject_lines, chunk.reject_reasons)
+                assert chunk.labels is not None
+                sink.append(chunk.dense, chunk.labels, chunk.cat, chunk.missing)
+                bar.update(chunk.input_bytes / 1e6)
+        return input_bytes, input_bytes
+
+    return build_dataset(
+        Path(out),
+        dense_names=spec.dense_names,
+        label_names=spec.label_names,
+        cat_names=spec.feature_names,
+        log=log,
+        stream=stream,
+        describe=lambda report: _schema_info(report, spec),
+        files=[path],
+        hash_buckets=spec.hash_buckets,
+        vocab_min_count=spec.vocab_min_count,
+        split_tail=split_tail,
+        show_progress=show_progress,
+    )
+
+
+def _schema_info(report: dict[str, Any], spec: TableSpec) -> dict[str, Any]:
+    mode = {k: report[k] for k in ("mode", "hash_buckets", "vocab_min_count") if k in report}
+    transform = "log(1 + max(x, 0))" if spec.dense_transform == "log1p" else "as is"
+    return {
+        "source": {"format": spec.format, "files": report["files"], "bytes_read": report["bytes_read"]},
+        "table_schema": {
+            "format": spec.format,
+            "header": spec.header,
+            "delimiter": spec.delimiter,
+            "labels": spec.labels,
+            "dense": spec.dense,
+            "categorical": spec.categorical,
+            "features": spec.feature_names,
+            "dense_transform": spec.dense_transform,
+        },
+        "preprocessing": (
+            f"dense = {transform} as float32, empty -> 0; categorical = BLAKE2b-64 of the value's text -> "
+            + (
+                "hashed ids"
+                if mode["mode"] == "hash"
+                else f"vocabulary ids (count >= {spec.vocab_min_count} in the train split)"
+            )
+            + "; 0 = rare or unseen, 1 = empty"
+        ),
+        **mode,
+        "rejects": reject_info(report),
+    }
