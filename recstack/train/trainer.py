@@ -220,10 +220,13 @@ class Trainer:
         record = {"step": self.state.step, "epoch": self.state.epoch, "split": split, **metrics}
         self.state.history.append(record)
         self._log({"event": "eval", **record})
-        say(f"step {self.state.step:>7}  {split} auc {metrics['auc']:.4f}  logloss {metrics['logloss']:.4f}")
+        improved = split == "val" and metrics["auc"] > self.state.best_auc
+        if improved or split != "val" or len(self.state.history) % 10 == 1:
+            mark = "  (best)" if improved else ""
+            say(f"step {self.state.step:>7}  {split} auc {metrics['auc']:.4f}  logloss {metrics['logloss']:.4f}{mark}")
         if split != "val":
             return False
-        if metrics["auc"] > self.state.best_auc:
+        if improved:
             self.state.best_auc = metrics["auc"]
             self.state.best_step = self.state.step
             self.state.evals_since_best = 0
