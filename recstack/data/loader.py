@@ -1,0 +1,159 @@
+"""Mini-batches from a memory-mapped Dataset, in a deterministic order, prepared ahead by a thread.
+
+The order of an epoch depends only on (seed, epoch): a permutation of the row range when
+shuffling, the rows in order otherwise. Batch i holds positions [i*B, (i+1)*B) of that order, so a
+run resumed at (epoch, batch) sees exactly the batches it would have seen. Indices are sorted
+inside each batch: memory-mapped reads get more local, and a summed loss does not care.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from recstack.data.batch import Batch
+from recstack.data.store import Dataset
+
+_POLL_S = 0.05
+"""How often a producer blocked on a full queue checks whether the consumer has gone."""
+
+
+class BatchLoader:
+    """Batches of rows [start, stop) of a dataset.
+
+    `prefetch` batches are built ahead on a background thread (0: built synchronously, in the
+    iterating thread). Building a batch is numpy slicing and gathering, which releases the GIL.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        rows: tuple[int, int],
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        prefetch: int = 4,
+    ):
+        start, stop = int(rows[0]), int(rows[1])
+        if not 0 <= start <= stop <= len(dataset):
+            raise ValueError(f"rows [{start}, {stop}) are outside the dataset's {len(dataset)} rows")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if prefetch < 0:
+            raise ValueError("prefetch must be >= 0")
+        self.dataset = dataset
+        self.start, self.stop = start, stop
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.drop_last = drop_last
+        self.prefetch = int(prefetch)
+
+    @property
+    def num_rows(self) -> int:
+        return self.stop - self.start
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        full, rest = divmod(self.num_rows, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def order(self, epoch: int) -> np.ndarray | None:
+        """The epoch's row order (absolute row ids), or None when rows are taken in order."""
+        if not self.shuffle:
+            return None
+        perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+        perm += self.start
+        return perm
+
+    def batch_rows(self, order: np.ndarray | None, i: int) -> np.ndarray | slice:
+        """Rows of batch i under `order`: sorted indices, or a slice when rows are in order."""
+        lo = i * self.batch_size
+        hi = min(lo + self.batch_size, self.num_rows)
+        if order is None:
+            return slice(self.start + lo, self.start + hi)
+        return np.sort(order[lo:hi])
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+        """The batches of one epoch, from `start_batch` on (earlier batches are never read)."""
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch {start_batch} is outside 0..{len(self)}")
+        order = self.order(epoch)
+        return self._iterate(lambda i: self.dataset.gather(self.batch_rows(order, i)), range(start_batch, len(self)))
+
+    def sequential(self) -> Iterator[Batch]:
+        """Every row of the range once, in order, short last batch included (for evaluation)."""
+        count = -(-self.num_rows // self.batch_size)
+        return self._iterate(lambda i: self.dataset.gather(self.batch_rows(None, i)), range(count))
+
+    def _iterate(self, make: Callable[[int], Batch], indices: range) -> Iterator[Batch]:
+        if self.prefetch == 0:
+            return (make(i) for i in indices)
+        return prefetched(make, indices, self.prefetch)
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+
+
+_DONE = object()
+
+
+def prefetched(make: Callable[[int], Batch], indices: range, depth: int) -> Iterator[Batch]:
+    """Yield make(i) for i in indices, computed by one background thread at most `depth` ahead.
+
+    An exception in `make` is re-raised in the consumer. When the consumer stops early (break,
+    close, garbage collection), the thread stops within one batch and is joined: none is leaked.
+    The thread starts on the first `next`, so an iterator never started holds no thread.
+    """
+    items: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        """Block until there is room or the consumer has gone; False when it has gone."""
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for i in indices:
+                if stop.is_set() or not put(make(i)):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put(_Failure(exc))
+
+    thread = threading.Thread(target=produce, name="recstack-loader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        _drain(items)  # frees a producer blocked on a full queue at once
+        thread.join()
+
+
+def _drain(items: queue.Queue[object]) -> None:
+    try:
+        while True:
+            items.get_nowait()
+    except queue.Empty:
+        pass
