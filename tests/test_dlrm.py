@@ -3,7 +3,6 @@ autograd reference built from nn.EmbeddingBag (so the fused sparse update is che
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F

@@ -46,7 +46,7 @@ class JaggedFeatures:
         length_parts = self.lengths.view(len(self.keys), self.batch_size)
         return {k: (value_parts[i], length_parts[i]) for i, k in enumerate(self.keys)}
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "JaggedFeatures":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> JaggedFeatures:
         return JaggedFeatures(
             keys=self.keys,
             values=self.values.to(device, non_blocking=non_blocking),
@@ -55,7 +55,7 @@ class JaggedFeatures:
             weights=None if self.weights is None else self.weights.to(device, non_blocking=non_blocking),
         )
 
-    def pin_memory(self) -> "JaggedFeatures":
+    def pin_memory(self) -> JaggedFeatures:
         return JaggedFeatures(
             self.keys,
             self.values.pin_memory(),
@@ -65,12 +65,12 @@ class JaggedFeatures:
         )
 
     @classmethod
-    def from_dict(cls, features: dict[str, tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]]) -> "JaggedFeatures":
+    def from_dict(cls, features: dict[str, tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]]) -> JaggedFeatures:
         """Build from key -> (values, lengths); every key must have the same number of samples."""
         keys = list(features)
         values = [torch.as_tensor(features[k][0], dtype=torch.int64) for k in keys]
         lengths = [torch.as_tensor(features[k][1], dtype=torch.int32) for k in keys]
-        sizes = {int(l.numel()) for l in lengths}
+        sizes = {int(part.numel()) for part in lengths}
         if len(sizes) > 1:
             raise ValueError(f"features have different batch sizes: {sorted(sizes)}")
         batch_size = sizes.pop() if sizes else 0
@@ -84,7 +84,7 @@ class JaggedFeatures:
         return KeyedJaggedTensor(keys=self.keys, values=self.values, lengths=self.lengths, weights=self.weights)
 
     @classmethod
-    def from_kjt(cls, kjt) -> "JaggedFeatures":  # pragma: no cover - needs torchrec
+    def from_kjt(cls, kjt) -> JaggedFeatures:  # pragma: no cover - needs torchrec
         return cls(list(kjt.keys()), kjt.values().long(), kjt.lengths().int(), kjt.stride(), kjt.weights_or_none())
 
 
@@ -100,12 +100,12 @@ class Batch:
     def batch_size(self) -> int:
         return int(self.dense.shape[0])
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return Batch(
             self.dense.to(device, non_blocking=non_blocking),
             self.sparse.to(device, non_blocking=non_blocking),
             self.labels.to(device, non_blocking=non_blocking),
         )
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         return Batch(self.dense.pin_memory(), self.sparse.pin_memory(), self.labels.pin_memory())

@@ -71,7 +71,7 @@ class Schema:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> "Schema":
+    def from_json(cls, raw: dict[str, Any]) -> Schema:
         if raw.get("format") != FORMAT:
             raise DataError(f"not a recstack dataset (format is {raw.get('format')!r})")
         if int(raw.get("version", 0)) > VERSION:
@@ -156,8 +156,8 @@ class DatasetWriter:
         n = int(dense.shape[0])
         dense = np.ascontiguousarray(dense, dtype=np.float32).reshape(n, len(self.dense_names))
         labels = np.ascontiguousarray(labels, dtype=np.float32).reshape(n, len(self.label_names))
-        self._dense.write(dense.tobytes())
-        self._labels.write(labels.tobytes())
+        self._dense.write(memoryview(dense))
+        self._labels.write(memoryview(labels))
         for s in self.sparse:
             item = sparse[s.name]
             if s.length is None:
@@ -172,7 +172,7 @@ class DatasetWriter:
                 if values.size != n * s.length:
                     raise ValueError(f"{s.name}: expected {n} x {s.length} ids, got {values.size}")
             values = np.ascontiguousarray(values, dtype=s.dtype).reshape(-1)
-            self._values[s.name].write(values.tobytes())
+            self._values[s.name].write(memoryview(values))
             self._value_count[s.name] += int(values.size)
         self.num_rows += n
 
@@ -280,8 +280,9 @@ class Dataset:
             v, lengths = self._gather_sparse(s, rows)
             values_parts.append(v)
             length_parts.append(lengths)
-        values = np.concatenate(values_parts) if values_parts else np.zeros(0, np.int64)
-        lengths = np.concatenate(length_parts) if length_parts else np.zeros(0, np.int32)
+        # one pass: concatenate and widen to int64 together
+        values = np.concatenate(values_parts, dtype=np.int64) if values_parts else np.zeros(0, np.int64)
+        lengths = np.concatenate(length_parts, dtype=np.int32) if length_parts else np.zeros(0, np.int32)
         label_tensor = torch.from_numpy(labels)
         if label_tensor.shape[1] == 1:
             label_tensor = label_tensor[:, 0]
@@ -299,9 +300,16 @@ class Dataset:
     def _gather_sparse(self, s: SparseFeature, rows: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray]:
         values = self.values[s.name]
         if s.length is not None:
-            picked = values[rows]
-            n = picked.shape[0]
-            return picked.reshape(-1), np.full(n, s.length, dtype=np.int32)
+            if isinstance(rows, slice):
+                picked = np.array(values[rows]).reshape(-1)
+            elif s.length == 1:
+                # np.take on the flat memmap is about 2x faster than fancy-indexing its [N, 1] view
+                picked = np.take(values.reshape(-1), rows)
+            else:
+                flat = (rows[:, None] * s.length + np.arange(s.length)).reshape(-1)
+                picked = np.take(values.reshape(-1), flat)
+            n = picked.size // s.length
+            return picked, np.full(n, s.length, dtype=np.int32)
         offsets = self.offsets[s.name]
         if isinstance(rows, slice):
             start, stop, _ = rows.indices(len(self))

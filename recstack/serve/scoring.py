@@ -6,8 +6,9 @@ Criteo lines are mapped to ids exactly as at training time (unseen values go to 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch

@@ -129,6 +129,8 @@ def print_summary(report: dict[str, Any]) -> None:
     for split, m in report["metrics_by_split"].items():
         table.add_row(split, f"{m['auc']:.4f}", f"{m['logloss']:.4f}", f"{m['ne']:.4f}", f"{m['accuracy']:.4f}", f"{m['count']:,}")
     true_auc = report["data"]["info"].get("true_auc")
+    if isinstance(true_auc, dict):  # multi-task synthetic data: the first task's
+        true_auc = next(iter(true_auc.values()), None)
     if true_auc is not None:
         table.add_row("true model", f"{float(true_auc):.4f}", "", "", "", "", style="dim")
     console.print(table)
