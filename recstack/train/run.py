@@ -133,6 +133,7 @@ def print_summary(report: dict[str, Any]) -> None:
         true_auc = next(iter(true_auc.values()), None)
     if true_auc is not None:
         table.add_row("true model", f"{float(true_auc):.4f}", "", "", "", "", style="dim")
+        table.caption = "true model: the generator's own probabilities, the best any model can reach"
     console.print(table)
     t = report["throughput"]
     rate = f"{t['samples_per_s']:,.0f}" if t["samples_per_s"] else "n/a"
