@@ -95,6 +95,26 @@ def cmd_synth(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_hotcold(args: argparse.Namespace, extra: list[str]) -> int:
+    from recstack.data.hotcold import hotcold_command
+
+    _no_extra(extra)
+    hotcold_command(args.data, args.budget, sample=args.sample, dim=args.dim,
+                    state_bytes_per_row=args.state_bytes_per_row, split=args.split, seed=args.seed,
+                    report_path=args.report, quiet=args.quiet)
+    return 0
+
+
+def cmd_analyze_skew(args: argparse.Namespace, extra: list[str]) -> int:
+    from recstack.analyze.skew import skew_command
+
+    _no_extra(extra)
+    skew_command(args.data, sample=args.sample, budgets=args.budgets, dim=args.dim,
+                 state_bytes_per_row=args.state_bytes_per_row, split=args.split, seed=args.seed,
+                 report_path=args.report, plot_path=args.plot, quiet=args.quiet)
+    return 0
+
+
 def cmd_bench_train(args: argparse.Namespace, extra: list[str]) -> int:
     from recstack.bench.train_bench import bench_train
 
@@ -185,6 +205,32 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--test-fraction", type=float, default=0.1)
     _add_common(synth)
     synth.set_defaults(func=cmd_synth)
+
+    hotcold = data.add_parser(
+        "hotcold", help="choose the FAE hot rows for a memory budget and store the hot/cold input partition"
+    )
+    hotcold.add_argument("--data", required=True, metavar="DIR", help="a prepared dataset (hotcold/ is written into it)")
+    hotcold.add_argument("--budget", required=True, metavar="BYTES", help="memory for hot rows, e.g. 256MiB, 1GB, 4096")
+    hotcold.add_argument("--sample", default="0.05", metavar="F", help="fraction of inputs profiled (0.05 or 5%%)")
+    hotcold.add_argument("--dim", type=int, default=16, help="embedding dimension (fp32)")
+    hotcold.add_argument("--state-bytes-per-row", type=int, default=4, metavar="B", help="optimizer state per row")
+    hotcold.add_argument("--split", default="train")
+    hotcold.add_argument("--seed", type=int, default=0)
+    _add_common(hotcold)
+    hotcold.set_defaults(func=cmd_hotcold)
+
+    analyze = verbs.add_parser("analyze", help="characterize data and runs").add_subparsers(dest="analyze_verb", metavar="WHAT")
+    skew = analyze.add_parser("skew", help="embedding access skew per table, and the hot inputs of memory budgets (FAE)")
+    skew.add_argument("--data", required=True, metavar="DIR", help="a prepared dataset")
+    skew.add_argument("--sample", default="5%", metavar="F", help="fraction of inputs for the sampled hot sets (5%% or 0.05)")
+    skew.add_argument("--budgets", default="1MiB,16MiB,256MiB", metavar="LIST", help="hot-row memory budgets, comma-separated")
+    skew.add_argument("--dim", type=int, default=16, help="embedding dimension (fp32)")
+    skew.add_argument("--state-bytes-per-row", type=int, default=4, metavar="B", help="optimizer state per row")
+    skew.add_argument("--split", default="train")
+    skew.add_argument("--seed", type=int, default=0)
+    skew.add_argument("--plot", metavar="FILE.png", help="the curves' PNG (default: beside --report)")
+    _add_common(skew)
+    skew.set_defaults(func=cmd_analyze_skew)
 
     bench = verbs.add_parser("bench", help="benchmarks against this machine's ceilings").add_subparsers(dest="bench_verb", metavar="WHAT")
     bench_train = bench.add_parser(

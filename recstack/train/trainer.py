@@ -80,6 +80,28 @@ def evaluate_rows(
 
 
 @dataclass
+class _Window:
+    """Loss and rate since the last progress line."""
+
+    loss: float = 0.0
+    steps: int = 0
+    samples: int = 0
+    seconds: float = 0.0
+
+    def add(self, loss: float, samples: int, seconds: float) -> None:
+        self.loss += loss
+        self.steps += 1
+        self.samples += samples
+        self.seconds += seconds
+
+    def flush(self) -> dict[str, float]:
+        out = {"loss": self.loss / max(self.steps, 1), "samples_per_s": self.samples / max(self.seconds, 1e-9),
+               "steps": self.steps}
+        self.loss, self.steps, self.samples, self.seconds = 0.0, 0, 0, 0.0
+        return out
+
+
+@dataclass
 class TrainState:
     """The trainer's position and history; saved in every checkpoint."""
 
@@ -239,59 +261,52 @@ class Trainer:
         patience = self.train_cfg.early_stopping_patience
         return bool(patience and self.state.evals_since_best >= patience)
 
+    def _finished(self) -> bool:
+        if self.state.stopped_early or self.state.step >= self.total_steps:
+            return True
+        return not self.train_cfg.max_steps and self.state.epoch >= self.train_cfg.epochs
+
     def fit(self) -> dict[str, Any]:
+        """Train until the epochs or max_steps run out, or early stopping ends it; keep the best
+        validation model when early stopping is on; write the final checkpoint."""
         cfg = self.train_cfg
         self.model.train()
-        stop = self.state.stopped_early or self.state.step >= self.total_steps
-        window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+        window = _Window()
         with progress_bar("training", total=self.total_steps, status="") as bar:
             bar.update(self.state.step)
-            while not stop and self.state.epoch < max(cfg.epochs, 1):
-                epoch_start_batch = self.state.batch_in_epoch
-                tick = time.perf_counter()
-                for batch in self.loader.epoch(self.state.epoch, start_batch=epoch_start_batch):
+            while not self._finished():
+                last = time.perf_counter()
+                for batch in self.loader.epoch(self.state.epoch, start_batch=self.state.batch_in_epoch):
                     loss = self.train_step(batch)
-                    self.state.step += 1
-                    self.state.batch_in_epoch += 1
-                    self.state.samples += batch.batch_size
-                    window_loss += float(loss)
-                    window_steps += 1
-                    if window_steps >= cfg.log_every:
-                        now = time.perf_counter()
-                        self.state.train_seconds += now - tick
-                        tick = now
-                        rate = window_steps * cfg.batch_size / max(now - window_start, 1e-9)
-                        record = {"event": "train", "step": self.state.step, "epoch": self.state.epoch,
-                                  "loss": window_loss / window_steps, "samples_per_s": rate}
+                    s = self.state
+                    s.step += 1
+                    s.batch_in_epoch += 1
+                    s.samples += batch.batch_size
+                    now = time.perf_counter()
+                    s.train_seconds += now - last
+                    window.add(float(loss), batch.batch_size, now - last)
+                    epoch_done = s.batch_in_epoch >= len(self.loader)
+                    if epoch_done:
+                        s.epoch += 1
+                        s.batch_in_epoch = 0
+                    at_end = s.step >= self.total_steps or (not cfg.max_steps and s.epoch >= cfg.epochs)
+                    if window.steps >= cfg.log_every or at_end:
+                        record = {"event": "train", "step": s.step, "epoch": s.epoch, **window.flush()}
                         self._log(record)
-                        bar.update(window_steps, status=f"loss {record['loss']:.4f}  {rate:,.0f} samples/s")
-                        window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-                    at_end = self.state.step >= self.total_steps
-                    if (cfg.eval_every and self.state.step % cfg.eval_every == 0) or (
-                        at_end and cfg.eval_every and self.val_rows is not None
-                    ):
-                        self.state.train_seconds += time.perf_counter() - tick
-                        stop = self._evaluate_periodic()
-                        tick = window_start = time.perf_counter()
-                    if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
-                        self.state.train_seconds += time.perf_counter() - tick
+                        bar.update(record["steps"], status=f"loss {record['loss']:.4f}  {record['samples_per_s']:,.0f} samples/s")
+                    periodic = cfg.eval_every and s.step % cfg.eval_every == 0
+                    # the last model is always judged on validation, so early stopping can keep it
+                    if periodic or (epoch_done and not cfg.eval_every) or (at_end and self.val_rows is not None):
+                        if self._evaluate_periodic():
+                            s.stopped_early = True
+                    if cfg.checkpoint_every and s.step % cfg.checkpoint_every == 0:
                         self.save_checkpoint()
-                        tick = window_start = time.perf_counter()
-                    if stop or at_end:
-                        stop = True
+                    last = time.perf_counter()
+                    if epoch_done or self._finished():
                         break
-                else:
-                    # the epoch ran to its end
-                    self.state.train_seconds += time.perf_counter() - tick
+                else:  # the loader ran dry before len(loader) batches: count the epoch as over
                     self.state.epoch += 1
                     self.state.batch_in_epoch = 0
-                    if not cfg.eval_every:
-                        stop = self._evaluate_periodic() or stop
-                    continue
-                self.state.train_seconds += time.perf_counter() - tick
-            bar.update(window_steps)
-        if stop and self.state.evals_since_best >= max(cfg.early_stopping_patience, 1) and cfg.early_stopping_patience:
-            self.state.stopped_early = True
         if self._best_model_state is not None and cfg.early_stopping_patience:
             self.model.load_state_dict(self._best_model_state)
             say(f"kept the best model: step {self.state.best_step}, val auc {self.state.best_auc:.4f}")
