@@ -1,39 +1,42 @@
-# The two Quickstart commands: `make run` (install, then train on built-in synthetic data) and
-# `make test` (install with test extras, then the default test suite). Each creates the virtual
-# environment it needs. torch is pinned: an unpinned torch pulls a multi-GB CUDA build.
+# The two Quickstart commands, each creating its own virtual environment:
+#   make run   installs recstack into .venv and trains on built-in synthetic data
+#   make test  installs recstack with its test extras into .venv-test and runs the default suite
+# torch is pinned: an unpinned torch pulls a multi-GB CUDA build. Elsewhere than this workplace,
+# get the CPU build with e.g. `make run PIP_EXTRA="--extra-index-url https://download.pytorch.org/whl/cpu"`.
 
 PYTHON ?= python3
-VENV ?= .venv
 TORCH ?= torch==2.13.0
-BIN := $(VENV)/bin
+PIP_EXTRA ?=
+RUN_VENV ?= .venv
+TEST_VENV ?= .venv-test
+PIP := pip install --quiet --disable-pip-version-check $(PIP_EXTRA)
 
 .PHONY: run test test-all lint bench clean
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH)" -e .
+$(RUN_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(RUN_VENV)
+	$(RUN_VENV)/bin/$(PIP) "$(TORCH)" -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH)" -e ".[test]"
-	touch $@ $(VENV)/.installed
+$(TEST_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(TEST_VENV)
+	$(TEST_VENV)/bin/$(PIP) "$(TORCH)" -e ".[test]"
+	touch $@
 
-run: $(VENV)/.installed
-	$(BIN)/recstack train $(ARGS)
+run: $(RUN_VENV)/.installed
+	$(RUN_VENV)/bin/recstack train $(ARGS)
 
-test: $(VENV)/.installed-test
-	$(BIN)/pytest $(PYTEST_ARGS)
+test: $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/pytest $(PYTEST_ARGS)
 
-test-all: $(VENV)/.installed-test
-	$(BIN)/pytest -m "" $(PYTEST_ARGS)
+test-all: $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/pytest -m "" $(PYTEST_ARGS)
 
-lint: $(VENV)/.installed-test
-	$(BIN)/ruff check recstack tests
+lint: $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/ruff check recstack tests
 
-bench: $(VENV)/.installed
-	$(BIN)/recstack bench train --preset criteo-kaggle --report runs/bench-train.json
+bench: $(RUN_VENV)/.installed
+	$(RUN_VENV)/bin/recstack bench train --preset criteo-kaggle --report runs/bench-train.json
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(RUN_VENV) $(TEST_VENV) runs .pytest_cache

@@ -8,6 +8,7 @@ The fully resolved config is recorded in every report.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -241,6 +242,27 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"train.sparse_optimizer must be rowwise_adagrad, adagrad or sgd, not {t.sparse_optimizer!r}"
         )
+    for name, value in (("model.bottom_mlp", m.bottom_mlp), ("model.top_mlp", m.top_mlp)):
+        if not value or min(value) < 1:
+            raise ConfigError(f"{name} needs at least one layer, every width >= 1 (got {value})")
+    if m.top_mlp[-1] != 1:
+        raise ConfigError(f"model.top_mlp must end at 1 (one click logit), not {m.top_mlp[-1]}")
+    if m.embedding_dim < 1:
+        raise ConfigError("model.embedding_dim must be >= 1")
+    for name, value in (("train.lr", t.lr), ("train.sparse_lr", t.sparse_lr), ("model.scale", m.scale)):
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"{name} must be a positive finite number, not {value}")
+    for name, value in (("train.weight_decay", t.weight_decay), ("train.embedding_weight_decay", t.embedding_weight_decay)):
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{name} must be a finite number >= 0, not {value}")
+    for name in ("max_steps", "warmup_steps", "decay_start_step", "decay_steps", "eval_every",
+                 "early_stopping_patience", "checkpoint_every", "keep_checkpoints", "threads", "log_every"):
+        if getattr(t, name) < 0:
+            raise ConfigError(f"train.{name} must be >= 0, not {getattr(t, name)}")
+    if d.prefetch < 0 or d.synth_rows <= 0 or not 0.0 <= d.synth_test_fraction < 1.0:
+        raise ConfigError("data.prefetch must be >= 0, data.synth_rows > 0 and data.synth_test_fraction in [0, 1)")
+    if config.seed < 0:
+        raise ConfigError(f"seed must be >= 0, not {config.seed}")
     if t.device not in ("cpu", "cuda", "auto"):
         raise ConfigError(f"train.device must be cpu, cuda or auto, not {t.device!r}")
     if not 0.0 <= m.dropout < 1.0:

@@ -19,8 +19,9 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 
 def shared_data(*parts: str) -> Path:
-    """A file of ../shared/data; skips the test with the reason when the folder is not beside the repo."""
+    """A file of ../shared/data. A missing sample fails the test with a clear message: these tests
+    check the quality targets on real data and must not pass by being skipped."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"real data sample {path} is missing (../shared/data must sit beside the checkout)")
+        pytest.fail(f"real data sample {path} is missing: ../shared/data must sit beside the checkout")
     return path

@@ -110,3 +110,24 @@ def test_bad_input_is_one_line_error(args, message):
     assert "Traceback" not in proc.stderr
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0], proc.stderr
+
+
+def test_evaluate_refuses_a_dataset_with_other_vocabularies(criteo_checkpoint, tmp_path):
+    _, _, ckpt = criteo_checkpoint
+    other = tmp_path / "other"
+    run("data", "prepare", "criteo", "--input", str(shared_data("criteo", "train_sample.tsv")), "--out", str(other),
+        "--split-tail", "0.15", "--vocab-min-count", "40", "--quiet")
+    proc = run("evaluate", "--checkpoint", str(ckpt), "--data", str(other), check=False)
+    assert proc.returncode == 2 and "ids would mean other values" in proc.stderr
+
+
+def test_resume_under_other_settings_is_refused(criteo_checkpoint, tmp_path):
+    _, data, ckpt = criteo_checkpoint
+    import shutil
+
+    copy = tmp_path / "ckpt"
+    shutil.copytree(ckpt, copy)
+    proc = run("train", "--data", str(data), "--checkpoint-dir", str(copy), "--resume", "--model.preset", "tiny",
+               "--train.batch_size", "64", "--quiet", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "train.batch_size" in proc.stderr and "cannot resume" in proc.stderr

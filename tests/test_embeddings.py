@@ -169,3 +169,32 @@ def test_eval_mode_records_no_gradients():
     out = coll(feats)
     assert not out.requires_grad
     coll.apply_gradients(1.0)  # nothing pending: a no-op
+
+
+def test_rowwise_adagrad_over_steps_equals_per_row_reference():
+    """Several steps over overlapping rows: the accumulator must add up across steps."""
+    torch.manual_seed(0)
+    coll = make(optimizer="rowwise_adagrad")
+    coll.train()
+    weight = coll.weight.clone().double()
+    acc = torch.zeros(coll.weight.shape[0], dtype=torch.float64)
+    lr, eps = 0.3, 1e-8
+    for step in range(4):
+        feats = random_features(batch=6, max_len=3, rows=ROWS, seed=20 + step)
+        grad_out = torch.randn(6, 3, DIM, generator=torch.Generator().manual_seed(step))
+        (coll(feats) * grad_out).sum().backward()
+        coll.apply_gradients(lr)
+        # reference: per-row loop over the bags
+        grads: dict[int, torch.Tensor] = {}
+        for f, (values, lengths) in enumerate(feats.to_dict().values()):
+            start = 0
+            for b, n in enumerate(lengths.tolist()):
+                for v in values[start : start + n].tolist():
+                    row = coll.table_row_offsets[f] + v
+                    grads[row] = grads.get(row, torch.zeros(DIM, dtype=torch.float64)) + grad_out[b, f].double()
+                start += n
+        for row, g in grads.items():
+            acc[row] += g.pow(2).mean()
+            weight[row] -= lr * g / (acc[row].sqrt() + eps)
+    torch.testing.assert_close(coll.weight.double(), weight, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(coll.optimizer_state[:, 0].double(), acc, rtol=1e-5, atol=1e-7)

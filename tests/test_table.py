@@ -241,3 +241,10 @@ def test_reason_names_are_stable():
         "missing_column",
         "malformed_row",
     )
+
+
+def test_labels_other_than_0_and_1_are_rejected(tmp_path):
+    src = write(tmp_path, "l.csv", "click,price,age,user id,city\n1,1,1,a,b\n2,1,1,a,b\n-1,1,1,a,b\n0.5,1,1,a,b\n0,1,1,a,b\n")
+    report = prepare(src, SCHEMA, tmp_path / "ds")
+    assert report["rows_kept"] == 2 and report["rejects_by_reason"]["bad_label"] == 3
+    assert [e["line"] for e in report["reject_examples"]["bad_label"]] == [3, 4, 5]

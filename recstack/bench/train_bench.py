@@ -95,7 +95,8 @@ def bench_train(
     # machine noise hits both alike; the figures use the median step time over all rounds.
     resident = list(islice(trainer.loader.epoch(0), 16))
     _step_times(trainer, cycle(resident), WARMUP_STEPS)
-    per_round = max(1, steps // ROUNDS)
+    # each (a) round discards the steps served from the queue filled during (b): keep some after them
+    per_round = max(steps // ROUNDS, config.data.prefetch + 8)
     epoch = 1
     loading = trainer.loader.epoch(epoch)
     compute_times: list[float] = []

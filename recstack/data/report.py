@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,8 @@ def synth_command(
         raise DataError("--rows must be positive")
     if not 0.0 <= test_fraction < 1.0:
         raise DataError("--test-fraction must be in [0, 1)")
-    if scale <= 0:
-        raise DataError("--scale must be positive")
+    if not math.isfinite(scale) or scale <= 0:
+        raise DataError("--scale must be a positive finite number")
     start = time.perf_counter()
     schema = generate(preset, rows, out, seed=seed, scale=scale, test_fraction=test_fraction, show_progress=not quiet)
     seconds = time.perf_counter() - start

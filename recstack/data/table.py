@@ -277,7 +277,8 @@ def parse_columns(
         labels = np.zeros((num_rows, len(spec.labels)), np.float32)
         for j, column in enumerate(spec.labels):
             values, missing, bad = _to_float(columns[column])
-            reject(missing | bad, "bad_label")
+            # click labels: 0 or 1 (the loss and the metrics are binary)
+            reject(missing | bad | ((values != 0) & (values != 1)), "bad_label")
             labels[:, j] = values
     dense = np.zeros((num_rows, len(spec.dense)), np.float32)
     for j, column in enumerate(spec.dense):

@@ -25,6 +25,9 @@ from recstack.train import checkpoint
 from recstack.train.metrics import MetricAccumulator
 from recstack.train.trainer import evaluate_rows
 
+# schema.info keys that decide what an id means (hashing, thresholds, synthetic generator)
+_ENCODING_KEYS = ("mode", "hash_buckets", "vocab_min_count", "generator", "preset", "seed", "scale")
+
 
 class ScoringModel:
     """A model rebuilt from a checkpoint, in inference mode, with what it needs to read raw input."""
@@ -50,15 +53,24 @@ class ScoringModel:
         return torch.sigmoid(self.model(batch.to(self.device))).float().cpu()
 
     def check_dataset(self, dataset: Dataset) -> None:
-        mine = {s.name: s.num_embeddings for s in self.schema.sparse}
-        theirs = {s.name: s.num_embeddings for s in dataset.schema.sparse}
-        if set(mine) - set(theirs):
-            raise DataError(f"dataset {dataset.path} lacks sparse features {sorted(set(mine) - set(theirs))} the model reads")
-        bigger = [k for k in mine if theirs[k] > mine[k] and not self._folds(k)]
-        if bigger or len(dataset.schema.dense_names) != len(self.schema.dense_names):
+        """The dataset must encode features exactly as the model's training data did: the same
+        features, table sizes and vocabularies (or hash buckets, or synthetic generator)."""
+        mine, theirs = self.schema, dataset.schema
+        problem = None
+        if mine.dense_names != theirs.dense_names or mine.sparse_names != theirs.sparse_names:
+            problem = "other features"
+        elif [s.num_embeddings for s in mine.sparse] != [s.num_embeddings for s in theirs.sparse]:
+            problem = "other table sizes"
+        elif any(mine.info.get(k) != theirs.info.get(k) for k in _ENCODING_KEYS):
+            problem = "another id encoding"
+        elif set(self.vocab) != set(theirs.vocab) or any(
+            not np.array_equal(self.vocab[k], dataset.vocab(k)) for k in self.vocab
+        ):
+            problem = "other vocabularies"
+        if problem:
             raise DataError(
-                f"dataset {dataset.path} was not prepared like the model's training data "
-                "(other vocabularies or features); score raw files with --input instead"
+                f"dataset {dataset.path} was prepared with {problem} than the model's training data; "
+                "its ids would mean other values: score raw files with --input instead"
             )
 
     def _folds(self, name: str) -> bool:
@@ -66,8 +78,11 @@ class ScoringModel:
 
     # --- raw Criteo input ---------------------------------------------------------------------
 
-    def raw_batches(self, path: str | Path, has_label: bool | None) -> Iterator[tuple[Any, Batch | None]]:
-        """(parsed chunk, batch of its kept rows) for each chunk of a raw Criteo file."""
+    def raw_batches(
+        self, path: str | Path, has_label: bool | None, batch_size: int
+    ) -> Iterator[tuple[Any, list[Batch]]]:
+        """(parsed chunk, batches of at most batch_size of its kept rows) for each chunk of a raw
+        Criteo file, ids mapped through the checkpoint's own vocabulary."""
         from recstack.data.criteo import CAT_NAMES, DENSE_NAMES, encode_chunk, iter_criteo_chunks
 
         if self.schema.dense_names != DENSE_NAMES or self.schema.sparse_names != CAT_NAMES:
@@ -83,19 +98,22 @@ class ScoringModel:
 
             self._vocab_index = {k: VocabIndex(v) for k, v in self.vocab.items()}
         for chunk in iter_criteo_chunks([path], chunk_bytes=4 << 20, has_label=has_label):
-            if chunk.num_kept == 0:
-                yield chunk, None
-                continue
-            ids = encode_chunk(chunk, vocabs=None if hash_buckets else self._vocab_index, hash_buckets=hash_buckets or None)
-            n = chunk.num_kept
-            sparse = JaggedFeatures(
-                keys=CAT_NAMES,
-                values=torch.from_numpy(np.concatenate([ids[k] for k in CAT_NAMES]).astype(np.int64)),
-                lengths=torch.ones(n * len(CAT_NAMES), dtype=torch.int32),
-                batch_size=n,
-            )
-            labels = torch.from_numpy(chunk.labels) if chunk.labels is not None else torch.zeros(n)
-            yield chunk, Batch(torch.from_numpy(np.ascontiguousarray(chunk.dense)), sparse, labels)
+            batches = []
+            if chunk.num_kept:
+                ids = encode_chunk(chunk, vocabs=None if hash_buckets else self._vocab_index,
+                                   hash_buckets=hash_buckets or None)
+                labels = chunk.labels if chunk.labels is not None else np.zeros(chunk.num_kept, np.float32)
+                for a in range(0, chunk.num_kept, batch_size):
+                    b = min(a + batch_size, chunk.num_kept)
+                    sparse = JaggedFeatures(
+                        keys=CAT_NAMES,
+                        values=torch.from_numpy(np.concatenate([ids[k][a:b] for k in CAT_NAMES]).astype(np.int64)),
+                        lengths=torch.ones((b - a) * len(CAT_NAMES), dtype=torch.int32),
+                        batch_size=b - a,
+                    )
+                    dense = torch.from_numpy(np.ascontiguousarray(chunk.dense[a:b]))
+                    batches.append(Batch(dense, sparse, torch.from_numpy(np.ascontiguousarray(labels[a:b]))))
+            yield chunk, batches
 
 
 def _reject_summary(chunks_rejects: dict[str, int], examples: dict[str, list[dict[str, Any]]], chunk) -> None:
@@ -128,10 +146,10 @@ def evaluate_command(
         rejects: dict[str, int] = {}
         examples: dict[str, list[dict[str, Any]]] = {}
         rows_read = 0
-        for chunk, batch in scorer.raw_batches(raw_input, has_label=True):
+        for chunk, batches in scorer.raw_batches(raw_input, has_label=True, batch_size=batch_size):
             rows_read += chunk.num_lines
             _reject_summary(rejects, examples, chunk)
-            if batch is not None:
+            for batch in batches:
                 accumulator.update(batch.labels.numpy(), scorer.predict(batch).numpy())
         if accumulator.count == 0:
             raise DataError(f"{raw_input}: no labelled row could be read ({rows_read} rows, all rejected)")
@@ -163,26 +181,31 @@ def predict_command(
     rows_read = written = 0
     start = time.perf_counter()
     out_path = Path(output)
+    if out_path.is_dir():
+        raise DataError(f"--output {out_path} is a directory; give a file name")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
-    with open(tmp, "w") as out:
-        next_line = 1
-        for chunk, batch in scorer.raw_batches(raw_input, has_label=None):
-            rows_read += chunk.num_lines
-            _reject_summary(rejects, examples, chunk)
-            if chunk.num_lines == 0:
-                continue
-            first = min(int(chunk.lines.min()) if chunk.num_kept else 1 << 62,
-                        int(chunk.reject_lines.min()) if chunk.num_rejected else 1 << 62)
-            scores = np.full(chunk.num_lines, np.nan)
-            if batch is not None:
-                scores[chunk.lines - first] = scorer.predict(batch).numpy()
-            if first != next_line:
-                raise DataError(f"{raw_input}: lines {next_line}..{first - 1} were neither scored nor rejected")
-            out.write("\n".join("nan" if np.isnan(s) else f"{s:.6f}" for s in scores) + "\n")
-            written += chunk.num_lines
-            next_line = first + chunk.num_lines
-    tmp.replace(out_path)
+    try:
+        with open(tmp, "w") as out:
+            next_line = 1
+            for chunk, batches in scorer.raw_batches(raw_input, has_label=None, batch_size=batch_size):
+                rows_read += chunk.num_lines
+                _reject_summary(rejects, examples, chunk)
+                if chunk.num_lines == 0:
+                    continue
+                first = min(int(chunk.lines.min()) if chunk.num_kept else 1 << 62,
+                            int(chunk.reject_lines.min()) if chunk.num_rejected else 1 << 62)
+                if first != next_line:
+                    raise DataError(f"{raw_input}: lines {next_line}..{first - 1} were neither scored nor rejected")
+                scores = np.full(chunk.num_lines, np.nan)
+                if batches:
+                    scores[chunk.lines - first] = torch.cat([scorer.predict(b) for b in batches]).numpy()
+                out.write("\n".join("nan" if np.isnan(v) else f"{v:.6f}" for v in scores) + "\n")
+                written += chunk.num_lines
+                next_line = first + chunk.num_lines
+        tmp.replace(out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     report = new_report("predict", scorer.config.to_dict())
     report.update({

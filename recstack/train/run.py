@@ -12,6 +12,7 @@ import torch
 
 from recstack.config import Config
 from recstack.data.store import SCHEMA_FILE, Dataset
+from recstack.errors import ConfigError
 from recstack.models.zoo import build_model, describe
 from recstack.progress import console, is_quiet, say
 from recstack.report import new_report, write_report
@@ -69,6 +70,8 @@ def train(
     synthesized = not config.data.path
     dataset = open_dataset(config)
     run_dir = Path(run_dir) if run_dir else (Path(report_path).parent if report_path else default_run_dir())
+    if config.train.checkpoint_every and checkpoint_dir is None:
+        raise ConfigError("train.checkpoint_every needs --checkpoint-dir (where to write the checkpoints)")
     model = build_model(config, dataset.schema)
     trainer = Trainer(config, dataset, model, run_dir=run_dir, checkpoint_dir=checkpoint_dir)
     if resume:

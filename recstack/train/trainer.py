@@ -23,10 +23,16 @@ from torch import nn
 from recstack.config import Config, TrainConfig
 from recstack.data.loader import BatchLoader
 from recstack.data.store import Dataset
-from recstack.errors import ConfigError
+from recstack.errors import CheckpointError, ConfigError
 from recstack.progress import progress_bar, say
 from recstack.train import checkpoint
 from recstack.train.metrics import MetricAccumulator
+
+# settings that must not change between a run and its --resume (epochs, max_steps, eval and
+# checkpoint cadence may: they only extend or observe the run)
+RESUME_FIXED_TRAIN = ("batch_size", "optimizer", "sparse_optimizer", "lr", "sparse_lr", "weight_decay",
+                      "embedding_weight_decay", "warmup_steps", "decay_start_step", "decay_steps")
+RESUME_FIXED_DATA = ("path", "val_fraction", "shuffle", "drop_last", "train_split", "synth_preset", "synth_rows")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -140,6 +146,7 @@ class Trainer:
         self.state = TrainState()
         self._best_model_state: dict[str, torch.Tensor] | None = None
         self._metrics_log = None
+        self._resumed = False
 
         train_a, train_b = dataset.split(config.data.train_split)
         val_rows = int((train_b - train_a) * config.data.val_fraction)
@@ -196,15 +203,41 @@ class Trainer:
         if path is None:
             return False
         payload = checkpoint.load(path, map_location=self.device)
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["dense_optimizer"])
+        self._check_resumable(payload, path)
+        try:
+            self.model.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["dense_optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{path} does not fit this model ({str(exc).splitlines()[0][:160]})") from None
         self.state = TrainState(**payload["trainer"])
         torch.set_rng_state(payload["rng"])
         best = self.checkpoint_dir / checkpoint.BEST
         if self.state.best_step >= 0 and best.is_file():
             self._best_model_state = checkpoint.load(best, map_location=self.device)["model"]
+        self._resumed = True
         say(f"resumed from {path.name}: epoch {self.state.epoch}, step {self.state.step}")
         return True
+
+    def _check_resumable(self, payload: dict[str, Any], path: Path) -> None:
+        """Refuse to resume under settings that change the model, its data or the batch order."""
+        saved, now = payload["config"], self.config.to_dict()
+        keys = [("model", None), ("seed", None)] + [("train", k) for k in RESUME_FIXED_TRAIN] + [
+            ("data", k) for k in RESUME_FIXED_DATA
+        ]
+        differ = []
+        for section, key in keys:
+            a, b = saved.get(section), now.get(section)
+            if key is not None:
+                a, b = (a or {}).get(key), (b or {}).get(key)
+            if a != b:
+                differ.append(f"{section}.{key}" if key else section)
+        if payload["schema"] != self.dataset.schema.to_json():
+            differ.append("the dataset (--data)")
+        if differ:
+            raise CheckpointError(
+                f"cannot resume from {path}: it was written with other {', '.join(differ)}; "
+                "resume with the same settings, or use a new --checkpoint-dir"
+            )
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -213,7 +246,8 @@ class Trainer:
             return
         if self._metrics_log is None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._metrics_log = open(self.run_dir / "metrics.jsonl", "a")
+            # a new run starts the log afresh; a resumed one continues it
+            self._metrics_log = open(self.run_dir / "metrics.jsonl", "a" if self._resumed else "w")
         self._metrics_log.write(json.dumps(record) + "\n")
         self._metrics_log.flush()
 
