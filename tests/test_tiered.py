@@ -303,8 +303,7 @@ def test_switching_with_pending_gradients_is_refused():
 def test_evaluation_reads_synced_full_tables():
     plain, fae = make_models("rowwise_adagrad")
     schedule = FAESchedule(len(HOT_BATCHES), 0, None)
-    pools_plain = FAESchedule(len(HOT_BATCHES), 0, None)
-    train_plain(plain, pools_plain, epochs=1)
+    train_plain(plain, schedule, epochs=1)
     optimizer = torch.optim.SGD(fae.parameters(), lr=0.1)
     coll = fae.embeddings
     for step, (_, i) in enumerate(schedule.epoch(0)):  # hot steps, no final sync
