@@ -92,11 +92,27 @@ class TrainConfig:
 
 
 @dataclass
+class FAEConfig:
+    """Hot-embedding-aware training (FAE): hot rows in a compact table on the fast device, all-hot
+    and all-cold batches interleaved (see recstack.embeddings.tiered, recstack.train.fae)."""
+
+    budget: str = ""
+    """Bytes for the hot rows and their optimizer state, e.g. 256MiB ("": FAE off)."""
+    sample: str = "0.05"
+    """Fraction of the training inputs profiled to rank rows (5% or 0.05)."""
+    switch_period: int = 0
+    """R: batches of one kind before switching (0: infinity, all cold then all hot per epoch)."""
+    hot_device: str = "auto"
+    """Where the hot table lives: cuda, cpu or auto (cuda when available)."""
+
+
+@dataclass
 class Config:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    fae: FAEConfig = field(default_factory=FAEConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -261,6 +277,17 @@ def validate(config: Config) -> None:
             raise ConfigError(f"train.{name} must be >= 0, not {getattr(t, name)}")
     if d.prefetch < 0 or d.synth_rows <= 0 or not 0.0 <= d.synth_test_fraction < 1.0:
         raise ConfigError("data.prefetch must be >= 0, data.synth_rows > 0 and data.synth_test_fraction in [0, 1)")
+    if config.fae.budget:
+        from recstack.data.hotcold import parse_bytes, parse_fraction
+        from recstack.errors import DataError
+
+        try:
+            parse_bytes(config.fae.budget)
+            parse_fraction(config.fae.sample)
+        except (DataError, ValueError) as exc:
+            raise ConfigError(f"fae: {exc}") from None
+        if config.fae.switch_period < 0 or config.fae.hot_device not in ("cpu", "cuda", "auto"):
+            raise ConfigError("fae.switch_period must be >= 0 and fae.hot_device cpu, cuda or auto")
     if config.seed < 0:
         raise ConfigError(f"seed must be >= 0, not {config.seed}")
     if t.device not in ("cpu", "cuda", "auto"):

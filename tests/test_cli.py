@@ -131,3 +131,18 @@ def test_resume_under_other_settings_is_refused(criteo_checkpoint, tmp_path):
                "--train.batch_size", "64", "--quiet", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "train.batch_size" in proc.stderr and "cannot resume" in proc.stderr
+
+
+def test_train_with_fae_reports_its_counters(tmp_path):
+    data = tmp_path / "data"
+    run("data", "synth", "--preset", "tiny", "--rows", "12000", "--out", str(data), "--quiet")
+    report_path = tmp_path / "fae.json"
+    run("train", "--data", str(data), "--model.preset", "tiny", "--fae.budget", "8KiB", "--fae.switch_period", "3",
+        "--train.epochs", "2", "--train.batch_size", "256", "--report", str(report_path), "--quiet")
+    report = json.loads(report_path.read_text())
+    fae = report["fae"]
+    assert 0 < fae["hot_input_fraction"] < 1 and fae["hot_rows"] > 0
+    assert fae["switches"] >= 2 and fae["bytes_synced"] >= fae["switches"] * fae["hot_bytes"]
+    assert report["throughput"]["steps"] == report["training"]["epochs_completed"] * (report["throughput"]["steps"] // 2)
+    assert (data / "hotcold" / "summary.json").is_file()
+    assert report["metrics"]["auc"] > 0.6

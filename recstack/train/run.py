@@ -53,6 +53,43 @@ def open_dataset(config: Config) -> Dataset:
     return Dataset(synthetic_dataset(config))
 
 
+def enable_fae(config: Config, dataset: Dataset, model):
+    """Swap the model's tables for FAE's tiers: the hot/cold partition of the dataset for this
+    budget (built once and stored with the dataset; rebuilt when its parameters differ)."""
+    from recstack.data.hotcold import build_hot_cold, load_hot_cold, parse_bytes, parse_fraction
+    from recstack.embeddings.tiered import TieredEmbeddingCollection
+    from recstack.errors import DataError
+    from recstack.train.trainer import resolve_device
+
+    emb = model.embeddings
+    wanted = {
+        "budget_bytes": parse_bytes(config.fae.budget),
+        "sample": parse_fraction(config.fae.sample),
+        "dim": emb.dim,
+        "state_bytes_per_row": 4 * emb.optimizer.state_floats_per_row(emb.dim),
+        "seed": config.seed,
+    }
+    try:
+        hotcold = load_hot_cold(dataset.path)
+        stale = any(hotcold.summary.get(k) != v for k, v in wanted.items()) or (
+            hotcold.summary.get("dataset", {}).get("split") != config.data.train_split
+        )
+    except DataError:
+        hotcold, stale = None, True
+    if stale:
+        say(f"FAE: profiling {wanted['sample']:.0%} of the inputs for a {config.fae.budget} hot set")
+        build_hot_cold(dataset.path, wanted["budget_bytes"], sample=wanted["sample"], dim=emb.dim,
+                       state_bytes_per_row=wanted["state_bytes_per_row"], split=config.data.train_split,
+                       seed=config.seed, show_progress=not is_quiet())
+        hotcold = load_hot_cold(dataset.path)
+    hot_device = None if config.fae.hot_device == "auto" else config.fae.hot_device
+    model.embeddings = TieredEmbeddingCollection(emb, hotcold, hot_device=hot_device,
+                                                 output_device=resolve_device(config.train.device))
+    say(f"FAE: {hotcold.num_hot_rows:,} hot rows on {model.embeddings.hot_device}, "
+        f"{hotcold.hot_input_fraction:.1%} of the inputs all-hot")
+    return hotcold
+
+
 def default_run_dir() -> Path:
     return Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
 
@@ -73,7 +110,8 @@ def train(
     if config.train.checkpoint_every and checkpoint_dir is None:
         raise ConfigError("train.checkpoint_every needs --checkpoint-dir (where to write the checkpoints)")
     model = build_model(config, dataset.schema)
-    trainer = Trainer(config, dataset, model, run_dir=run_dir, checkpoint_dir=checkpoint_dir)
+    hotcold = enable_fae(config, dataset, model) if config.fae.budget else None
+    trainer = Trainer(config, dataset, model, run_dir=run_dir, checkpoint_dir=checkpoint_dir, hotcold=hotcold)
     if resume:
         trainer.resume()
     sizes = describe(model)
@@ -114,6 +152,14 @@ def train(
             "run_dir": str(run_dir),
         }
     )
+    if hotcold is not None:
+        report["fae"] = {
+            "hot_input_fraction": trainer.fae_batches.hot_input_fraction,
+            "budget": hotcold.summary.get("budget"),
+            "sample": hotcold.summary.get("sample"),
+            "switch_period": config.fae.switch_period or None,
+            **model.embeddings.stats(),
+        }
     report_path = Path(report_path) if report_path else run_dir / "report.json"
     write_report(report_path, report)
     report["report_path"] = str(report_path)

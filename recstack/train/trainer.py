@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recstack.config import Config, TrainConfig
+from recstack.data.batch import Batch
 from recstack.data.loader import BatchLoader
 from recstack.data.store import Dataset
 from recstack.errors import CheckpointError, ConfigError
@@ -134,7 +135,10 @@ class Trainer:
         model: nn.Module,
         run_dir: str | Path | None = None,
         checkpoint_dir: str | Path | None = None,
+        hotcold=None,
     ):
+        """`hotcold`: a hot/cold partition (recstack.data.hotcold) when the model's embeddings are
+        a TieredEmbeddingCollection: training then runs FAE's all-hot / all-cold batches."""
         self.config = config
         self.train_cfg = config.train
         self.dataset = dataset
@@ -170,7 +174,20 @@ class Trainer:
             raise ConfigError(
                 f"the training split has fewer rows than one batch ({config.train.batch_size}) and data.drop_last is set"
             )
-        self.total_steps = len(self.loader) * config.train.epochs
+        # FAE: all-hot and all-cold batches from the partition's pools, in the schedule's order
+        self.fae_batches = None
+        self.steps_per_epoch = len(self.loader)
+        if hotcold is not None:
+            from recstack.train.fae import FAEBatches
+
+            self.fae_batches = FAEBatches(
+                dataset, hotcold, rows=self.train_rows, batch_size=config.train.batch_size,
+                shuffle=config.data.shuffle, seed=config.seed, drop_last=config.data.drop_last,
+                prefetch=config.data.prefetch,
+            )
+            self.schedule = self.fae_batches.schedule(config.fae.switch_period or None)
+            self.steps_per_epoch = len(self.schedule)
+        self.total_steps = self.steps_per_epoch * config.train.epochs
         if config.train.max_steps:
             self.total_steps = min(self.total_steps, config.train.max_steps) if config.train.epochs else config.train.max_steps
 
@@ -221,7 +238,7 @@ class Trainer:
     def _check_resumable(self, payload: dict[str, Any], path: Path) -> None:
         """Refuse to resume under settings that change the model, its data or the batch order."""
         saved, now = payload["config"], self.config.to_dict()
-        keys = [("model", None), ("seed", None)] + [("train", k) for k in RESUME_FIXED_TRAIN] + [
+        keys = [("model", None), ("seed", None), ("fae", None)] + [("train", k) for k in RESUME_FIXED_TRAIN] + [
             ("data", k) for k in RESUME_FIXED_DATA
         ]
         differ = []
@@ -259,7 +276,10 @@ class Trainer:
 
     def train_step(self, batch) -> torch.Tensor:
         sparse_lr = self._set_lr()
-        batch = batch.to(self.device, non_blocking=True)
+        if self.fae_batches is None:
+            batch = batch.to(self.device, non_blocking=True)
+        else:  # the tiered collection reads the ids where its tier lives
+            batch = Batch(batch.dense.to(self.device), batch.sparse, batch.labels.to(self.device))
         self.optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(self.model(batch), batch.labels)
         loss.backward()
@@ -295,6 +315,16 @@ class Trainer:
         patience = self.train_cfg.early_stopping_patience
         return bool(patience and self.state.evals_since_best >= patience)
 
+    def _epoch_batches(self, epoch: int, start: int):
+        """The batches of an epoch from position `start`; with FAE, the embeddings switch to each
+        batch's tier first (the switch syncs the hot rows and their optimizer state)."""
+        if self.fae_batches is None:
+            yield from self.loader.epoch(epoch, start_batch=start)
+            return
+        for kind, batch in self.fae_batches.epoch(epoch, self.schedule, start=start):
+            self.model.embeddings.set_mode(kind)
+            yield batch
+
     def _finished(self) -> bool:
         if self.state.stopped_early or self.state.step >= self.total_steps:
             return True
@@ -310,7 +340,7 @@ class Trainer:
             bar.update(self.state.step)
             while not self._finished():
                 last = time.perf_counter()
-                for batch in self.loader.epoch(self.state.epoch, start_batch=self.state.batch_in_epoch):
+                for batch in self._epoch_batches(self.state.epoch, self.state.batch_in_epoch):
                     loss = self.train_step(batch)
                     s = self.state
                     s.step += 1
@@ -319,7 +349,7 @@ class Trainer:
                     now = time.perf_counter()
                     s.train_seconds += now - last
                     window.add(float(loss), batch.batch_size, now - last)
-                    epoch_done = s.batch_in_epoch >= len(self.loader)
+                    epoch_done = s.batch_in_epoch >= self.steps_per_epoch
                     if epoch_done:
                         s.epoch += 1
                         s.batch_in_epoch = 0
