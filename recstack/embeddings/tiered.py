@@ -31,6 +31,7 @@ collection's decision, DESIGN.md principle 1).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,9 +41,17 @@ from recstack.data.batch import JaggedFeatures
 from recstack.data.hotcold import HotCold
 from recstack.embeddings.base import EmbeddingCollection, SparseOptimizerConfig, TableConfig
 from recstack.embeddings.dense import DenseEmbeddingCollection
+from recstack.embeddings.optim import update_rows
 
 HOT, COLD = "hot", "cold"
 MODES = (HOT, COLD)
+
+
+@dataclass
+class HotIds(JaggedFeatures):
+    """A batch whose ids are already indices into the hot table (`TieredEmbeddingCollection.hot_ids`,
+    which FAE's loader runs on its thread, off the training step); it can run in hot mode only."""
+
 
 HotRows = HotCold | Mapping[str, np.ndarray] | Sequence[np.ndarray]
 """A HotCold partition, feature (or table) name -> hot row ids, or one array of hot row ids per table."""
@@ -76,6 +85,41 @@ class _HotTables(DenseEmbeddingCollection):
     def reset_parameters(self) -> None:
         self.weight.zero_()
         self.optimizer_state.zero_()
+
+    @torch.no_grad()
+    def apply_gradients(self, lr: float) -> None:
+        """dense.py's update without its host syncs (torch.unique's, repeat_interleave's) on a GPU,
+        where a hot step is otherwise a string of them; on a CPU, dense.py's own (bit-exact) path."""
+        if self.weight.device.type == "cpu":
+            return super().apply_gradients(lr)
+        for lookup in self._pending:
+            grad = lookup.pooled.grad
+            if grad is None:
+                continue
+            n = lookup.rows.numel()
+            value_grad = grad if lookup.lengths is None else grad.repeat_interleave(lookup.lengths, dim=0, output_size=n)
+            if lookup.weights is not None:
+                value_grad = value_grad * lookup.weights.unsqueeze(1)
+            rows, summed = _sum_duplicate_rows_padded(lookup.rows, value_grad)
+            update_rows(self.optimizer, self.weight, self.optimizer_state, rows, summed, lr)
+        self._pending.clear()
+
+
+def _sum_duplicate_rows_padded(ids: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """optim.sum_duplicate_rows with outputs of a fixed length (len(ids)), so no host sync: the first
+    U entries are the unique rows (ascending) with their summed gradients, the other entries repeat
+    entry U - 1 exactly (an update of a repeated row computes and writes identical values)."""
+    n = ids.numel()
+    if n == 0:
+        return ids, grads
+    sorted_ids, perm = torch.sort(ids)
+    first = torch.ones(n, dtype=torch.bool, device=ids.device)
+    torch.ne(sorted_ids[1:], sorted_ids[:-1], out=first[1:])
+    segment = torch.cumsum(first, 0) - 1  # the unique row each sorted id belongs to
+    summed = torch.zeros_like(grads).index_add_(0, segment, grads.index_select(0, perm))
+    rows = torch.zeros_like(ids).scatter_(0, segment, sorted_ids)
+    pad = torch.minimum(torch.arange(n, device=ids.device), segment[-1])  # positions >= U -> U - 1
+    return rows.index_select(0, pad), summed.index_select(0, pad)
 
 
 def hot_rows_per_table(tables: Sequence[TableConfig], hot_rows: HotRows) -> list[np.ndarray]:
@@ -250,9 +294,17 @@ class TieredEmbeddingCollection(EmbeddingCollection):
 
     def forward(self, features: JaggedFeatures) -> torch.Tensor:
         if self.training and self.mode == HOT:
-            out = self.hot(self._to_hot(features))
+            ids = features if isinstance(features, HotIds) else self._to_hot(features)
+            # ids to the hot table's device without waiting (a no-op copy when the loader pinned
+            # them); lengths stay on the host, where dense.py checks them for the one-hot path
+            device = self.hot.weight.device
+            weights = None if ids.weights is None else ids.weights.to(device, non_blocking=True)
+            ids = JaggedFeatures(ids.keys, ids.values.to(device, non_blocking=True), ids.lengths, ids.batch_size, weights)
+            out = self.hot(ids)
             tier = HOT
         else:
+            if isinstance(features, HotIds):
+                raise ValueError("a batch of hot-table ids (HotIds) runs in hot training mode only")
             if not self.training:
                 self.sync()  # evaluation reads the full tables
             out = self.full(features)
@@ -260,6 +312,17 @@ class TieredEmbeddingCollection(EmbeddingCollection):
         if self.training and torch.is_grad_enabled():
             self._pending_tiers.add(tier)
         return out.to(self.output_device)
+
+    def hot_ids(self, features: JaggedFeatures, pin: bool = False) -> HotIds:
+        """The batch with every id replaced by its index in the hot table (all must be hot), for
+        a hot-mode forward. Reads only state fixed at construction, so a loader thread may call it;
+        `pin`: in page-locked memory (when CUDA is available), for an asynchronous copy."""
+        local = self._to_hot(features)
+        values, lengths, weights = local.values, local.lengths, local.weights
+        if pin and torch.cuda.is_available():
+            values = values.pin_memory()  # lengths stay pageable: the forward reads them on the host
+            weights = None if weights is None else weights.pin_memory()
+        return HotIds(local.keys, values, lengths, local.batch_size, weights)
 
     def _to_hot(self, features: JaggedFeatures) -> JaggedFeatures:
         """The batch with every id replaced by its index in the hot table (all must be hot)."""
@@ -344,4 +407,4 @@ def _after_loading(module: TieredEmbeddingCollection, incompatible_keys: Any) ->
         module.sync_to_hot()
 
 
-__all__ = ["HOT", "COLD", "TieredEmbeddingCollection", "hot_rows_per_table"]
+__all__ = ["HOT", "COLD", "HotIds", "TieredEmbeddingCollection", "hot_rows_per_table"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -101,7 +102,9 @@ class IndexBatchLoader:
         stream: int | None = None,
         drop_last: bool = False,
         prefetch: int = 4,
+        transform: Callable[[Batch], Batch] | None = None,
     ):
+        """`transform`: applied to every batch where it is built (on the prefetch thread)."""
         rows = np.asarray(rows, dtype=np.int64)
         if rows.ndim != 1:
             raise ValueError("rows must be a 1-d array of dataset row ids")
@@ -119,6 +122,7 @@ class IndexBatchLoader:
         self.stream = stream
         self.drop_last = drop_last
         self.prefetch = int(prefetch)
+        self.transform = transform
 
     @property
     def num_rows(self) -> int:
@@ -144,12 +148,23 @@ class IndexBatchLoader:
         order = self.order(epoch)
         indices = range(start_batch, len(self))
 
+        transform = self.transform
+
         def make(i: int) -> Batch:
-            return self.dataset.gather(self.batch_rows(order, i))
+            batch = self.dataset.gather(self.batch_rows(order, i))
+            return batch if transform is None else transform(batch)
 
         if self.prefetch == 0:
             return (make(i) for i in indices)
         return prefetched(make, indices, self.prefetch)
+
+
+def _prepared(collection: TieredEmbeddingCollection | None, pin: bool, batch: Batch) -> Batch:
+    sparse = batch.sparse if collection is None else collection.hot_ids(batch.sparse, pin=pin)
+    dense, labels = batch.dense, batch.labels
+    if pin and torch.cuda.is_available():
+        dense, labels = dense.pin_memory(), labels.pin_memory()
+    return Batch(dense, sparse, labels)
 
 
 def _within(rows: np.ndarray, span: tuple[int, int] | None) -> np.ndarray:
@@ -190,6 +205,13 @@ class FAEBatches:
         common = {"shuffle": shuffle, "seed": seed, "drop_last": drop_last, "prefetch": prefetch}
         self.hot = IndexBatchLoader(dataset, _within(hot_inputs, rows), batch_size, stream=self.HOT_STREAM, **common)
         self.cold = IndexBatchLoader(dataset, _within(cold_inputs, rows), batch_size, stream=self.COLD_STREAM, **common)
+
+    def prepare_for(self, collection: TieredEmbeddingCollection, pin: bool = False) -> None:
+        """Build each hot batch's hot-table ids (`collection.hot_ids`) on the loader thread, off the
+        training step, and with `pin` put the batches in page-locked memory for asynchronous copies.
+        The batches' contents are unchanged otherwise; hot batches then run in hot mode only."""
+        self.hot.transform = partial(_prepared, collection, pin)
+        self.cold.transform = partial(_prepared, None, pin) if pin else None
 
     @property
     def hot_input_fraction(self) -> float:

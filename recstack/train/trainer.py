@@ -279,7 +279,8 @@ class Trainer:
         if self.fae_batches is None:
             batch = batch.to(self.device, non_blocking=True)
         else:  # the tiered collection reads the ids where its tier lives
-            batch = Batch(batch.dense.to(self.device), batch.sparse, batch.labels.to(self.device))
+            dense, labels = batch.dense.to(self.device, non_blocking=True), batch.labels.to(self.device, non_blocking=True)
+            batch = Batch(dense, batch.sparse, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(self.model(batch), batch.labels)
         loss.backward()
@@ -321,6 +322,8 @@ class Trainer:
         if self.fae_batches is None:
             yield from self.loader.epoch(epoch, start_batch=start)
             return
+        if self.fae_batches.hot.transform is None:  # hot ids remapped (and batches pinned) on the loader thread
+            self.fae_batches.prepare_for(self.model.embeddings, pin=self.device.type == "cuda")
         for kind, batch in self.fae_batches.epoch(epoch, self.schedule, start=start):
             self.model.embeddings.set_mode(kind)
             yield batch
