@@ -38,16 +38,21 @@ def final_state(ckpt_dir: Path) -> dict:
     return checkpoint.load(checkpoint.latest(ckpt_dir))
 
 
-def test_killed_training_resumes_to_identical_parameters(tmp_path):
+@pytest.mark.parametrize(
+    "extra",
+    [(), ("--fae.budget", "8KiB", "--fae.switch_period", "7")],
+    ids=["plain", "fae"],  # FAE: the position is the hot/cold schedule's, the hot rows live in a second tier
+)
+def test_killed_training_resumes_to_identical_parameters(tmp_path, extra):
     data = tmp_path / "data"
     synth(data, rows=24_000)
     env = {**os.environ, "PYTHONHASHSEED": "0"}
 
     straight = tmp_path / "straight"
-    subprocess.run(train_cmd(data, straight), check=True, env=env)
+    subprocess.run(train_cmd(data, straight, *extra), check=True, env=env)
 
     resumed = tmp_path / "resumed"
-    proc = subprocess.Popen(train_cmd(data, resumed), env=env)
+    proc = subprocess.Popen(train_cmd(data, resumed, *extra), env=env)
     deadline = time.time() + 120
     try:
         # kill somewhere after a few checkpoints, mid-run
@@ -64,7 +69,7 @@ def test_killed_training_resumes_to_identical_parameters(tmp_path):
     expected_final = int(final_state(straight)["trainer"]["step"])
     assert killed_at < expected_final
 
-    subprocess.run([*train_cmd(data, resumed), "--resume"], check=True, env=env)
+    subprocess.run([*train_cmd(data, resumed, *extra), "--resume"], check=True, env=env)
 
     a, b = final_state(straight), final_state(resumed)
     assert a["trainer"]["step"] == b["trainer"]["step"] == expected_final
