@@ -146,3 +146,15 @@ def test_train_with_fae_reports_its_counters(tmp_path):
     assert report["throughput"]["steps"] == report["training"]["epochs_completed"] * (report["throughput"]["steps"] // 2)
     assert (data / "hotcold" / "summary.json").is_file()
     assert report["metrics"]["auc"] > 0.6
+
+
+def test_predict_ignores_labels_of_labelled_input(criteo_checkpoint, tmp_path):
+    _, _, ckpt = criteo_checkpoint
+    lines = shared_data("criteo", "train_sample.tsv").read_text().splitlines(keepends=True)[:50]
+    lines[2] = "7" + lines[2][1:]  # not a click label, but predict only scores
+    raw = tmp_path / "labelled.tsv"
+    raw.write_text("".join(lines))
+    out = tmp_path / "scores.txt"
+    run("predict", "--checkpoint", str(ckpt), "--input", str(raw), "--output", str(out), "--quiet")
+    scores = out.read_text().splitlines()
+    assert len(scores) == 50 and "nan" not in scores

@@ -284,7 +284,9 @@ def _line_reasons(a: np.ndarray, lines: _Lines, n_fields: int, max_line_bytes: i
 _BLOCK_LINES = 4096  # decode fields this many lines at a time: temporaries stay in cache
 
 
-def _parse_fields(a: np.ndarray, words: np.ndarray, lines: _Lines, good: np.ndarray, n_fields: int):
+def _parse_fields(
+    a: np.ndarray, words: np.ndarray, lines: _Lines, good: np.ndarray, n_fields: int, check_label: bool = True
+):
     """Decode the fields of well-shaped lines `good`. Returns (labels [n] (zeros when unlabeled),
     dense [13, n], cat [26, n], missing [26, n], reason [n]), reason -1 where every field is valid."""
     # field k of a line ends at separator line_sep - (n_fields - 1) + k; arrays are [field, line]
@@ -299,7 +301,8 @@ def _parse_fields(a: np.ndarray, words: np.ndarray, lines: _Lines, good: np.ndar
     labels = np.zeros(good.size, dtype=np.float32)
     if n_fields == _num_fields(True):
         first = a[lines.start[good]]  # a line with 40 fields has a first byte
-        reason[(lens[0] != 1) | ((first != ord("0")) & (first != ord("1")))] = REASON_CODE["bad_label"]
+        if check_label:
+            reason[(lens[0] != 1) | ((first != ord("0")) & (first != ord("1")))] = REASON_CODE["bad_label"]
         labels[first == ord("1")] = 1.0
     d = slice(n_fields - N_CAT - N_DENSE, n_fields - N_CAT)
     c = slice(n_fields - N_CAT, n_fields)
@@ -317,10 +320,12 @@ def parse_chunk(
     first_line: int = 1,
     file: str = "",
     max_line_bytes: int = MAX_LINE_BYTES,
+    check_label: bool = True,
 ) -> ParsedChunk:
     """Parse complete lines (the last one may lack its newline: it is the end of the input).
 
     `first_line` is the line number of the chunk's first line; kept rows and rejects carry line numbers.
+    `check_label=False` reads a label column without judging it (scoring ignores labels).
     """
     a = np.frombuffer(data, dtype=np.uint8)
     if a.size == 0:
@@ -339,7 +344,7 @@ def parse_chunk(
     missing = np.zeros((N_CAT, good.size), bool)
     for start in range(0, good.size, _BLOCK_LINES):
         rows = slice(start, start + _BLOCK_LINES)
-        block = _parse_fields(a, words, lines, good[rows], n_fields)
+        block = _parse_fields(a, words, lines, good[rows], n_fields, check_label)
         labels[rows], dense[:, rows], cat[:, rows], missing[:, rows], reason[good[rows]] = block
 
     keep = np.flatnonzero(reason[good] < 0)
@@ -541,10 +546,13 @@ def iter_raw_chunks(
         yield from _file_chunks(Path(path), chunk_bytes, max_line_bytes)
 
 
-def parse_raw_chunk(raw: RawChunk, has_label: bool = True, max_line_bytes: int = MAX_LINE_BYTES) -> ParsedChunk:
+def parse_raw_chunk(
+    raw: RawChunk, has_label: bool = True, max_line_bytes: int = MAX_LINE_BYTES, check_label: bool = True
+) -> ParsedChunk:
     """`parse_chunk` on a reader chunk, with the reader's own rejects and notes merged in."""
     out = parse_chunk(
-        raw.data, has_label=has_label, first_line=raw.first_line, file=raw.file, max_line_bytes=max_line_bytes
+        raw.data, has_label=has_label, first_line=raw.first_line, file=raw.file, max_line_bytes=max_line_bytes,
+        check_label=check_label,
     )
     if raw.rejects:
         lines = np.concatenate([out.reject_lines, np.array([ln for ln, _ in raw.rejects], np.int64)])
@@ -563,13 +571,14 @@ def iter_criteo_chunks(
     chunk_bytes: int = 8 << 20,
     has_label: bool | None = None,
     max_line_bytes: int = MAX_LINE_BYTES,
+    check_label: bool = True,
 ) -> Iterator[ParsedChunk]:
     """Parsed chunks of Criteo files, in order. `has_label=None` decides from the first lines
     (40 fields: labeled, 39: unlabeled) once for the whole input."""
     for raw in iter_raw_chunks(paths, chunk_bytes, max_line_bytes):
         if has_label is None and raw.data:
             has_label = detect_has_label(raw.data) is not False
-        yield parse_raw_chunk(raw, has_label is not False, max_line_bytes)
+        yield parse_raw_chunk(raw, has_label is not False, max_line_bytes, check_label)
 
 
 def encode_chunk(

@@ -97,7 +97,9 @@ class ScoringModel:
             from recstack.data.vocab import VocabIndex
 
             self._vocab_index = {k: VocabIndex(v) for k, v in self.vocab.items()}
-        for chunk in iter_criteo_chunks([path], chunk_bytes=4 << 20, has_label=has_label):
+        # predicting (has_label None) reads a label column if there is one but never judges it
+        for chunk in iter_criteo_chunks([path], chunk_bytes=4 << 20, has_label=has_label,
+                                        check_label=has_label is not None):
             batches = []
             if chunk.num_kept:
                 ids = encode_chunk(chunk, vocabs=None if hash_buckets else self._vocab_index,
