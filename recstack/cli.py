@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 from typing import Any
 
 from recstack.errors import ConfigError, RecstackError
@@ -60,16 +61,17 @@ def cmd_prepare_criteo(args: argparse.Namespace, extra: list[str]) -> int:
     kwargs: dict[str, Any] = {}
     if args.vocab_min_count is not None:
         kwargs["vocab_min_count"] = args.vocab_min_count
-    report = prepare_criteo(
-        args.input,
-        args.out,
-        hash_buckets=args.hash_buckets,
-        split_tail=args.split_tail,
-        strict=args.strict,
-        workers=args.workers,
-        show_progress=not args.quiet,
-        **kwargs,
-    )
+    with _report_on_data_error("data prepare criteo", args.report):
+        report = prepare_criteo(
+            args.input,
+            args.out,
+            hash_buckets=args.hash_buckets,
+            split_tail=args.split_tail,
+            strict=args.strict,
+            workers=args.workers,
+            show_progress=not args.quiet,
+            **kwargs,
+        )
     finish_data_command("data prepare criteo", report, args.report)
     return 0
 
@@ -79,9 +81,11 @@ def cmd_prepare_table(args: argparse.Namespace, extra: list[str]) -> int:
     from recstack.data.table import prepare_table
 
     _no_extra(extra)
-    report = prepare_table(
-        args.input, args.schema, args.out, strict=args.strict, split_tail=args.split_tail, show_progress=not args.quiet
-    )
+    with _report_on_data_error("data prepare table", args.report):
+        report = prepare_table(
+            args.input, args.schema, args.out, strict=args.strict, split_tail=args.split_tail,
+            show_progress=not args.quiet,
+        )
     finish_data_command("data prepare table", report, args.report)
     return 0
 
@@ -124,6 +128,21 @@ def cmd_bench_train(args: argparse.Namespace, extra: list[str]) -> int:
     overrides.update(parse_overrides(extra))
     bench_train(overrides, rows=args.rows, steps=args.steps, report_path=args.report, config_file=args.config)
     return 0
+
+
+@contextmanager
+def _report_on_data_error(command: str, report_path: str | None):
+    """A data command that fails after counting rows still writes what it counted."""
+    from recstack.errors import DataError
+
+    try:
+        yield
+    except DataError as exc:
+        if report_path and exc.report is not None:
+            from recstack.report import new_report, write_report
+
+            write_report(report_path, {**new_report(command), **exc.report, "error": str(exc)})
+        raise
 
 
 def _positive_int(text: str) -> int:

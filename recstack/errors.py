@@ -22,7 +22,12 @@ class ConfigError(RecstackError):
 
 
 class DataError(RecstackError):
-    """Input data that cannot be read, or a reject under --strict."""
+    """Input data that cannot be read, or a reject under --strict. `report` carries what was
+    counted before the failure (rows read, rejects by reason), for the command's JSON report."""
+
+    def __init__(self, message: str, hint: str | None = None, report: dict | None = None):
+        super().__init__(message, hint)
+        self.report = report
 
 
 class CheckpointError(RecstackError):

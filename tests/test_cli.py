@@ -158,3 +158,16 @@ def test_predict_ignores_labels_of_labelled_input(criteo_checkpoint, tmp_path):
     run("predict", "--checkpoint", str(ckpt), "--input", str(raw), "--output", str(out), "--quiet")
     scores = out.read_text().splitlines()
     assert len(scores) == 50 and "nan" not in scores
+
+
+def test_prepare_that_keeps_nothing_still_reports_what_it_counted(tmp_path):
+    garbage = tmp_path / "garbage.tsv"
+    garbage.write_bytes(b"\x00\x01binary\xff\n" * 5 + b"1\t2\t3\n" * 3)
+    report = tmp_path / "r.json"
+    proc = run("data", "prepare", "criteo", "--input", str(garbage), "--out", str(tmp_path / "out"),
+               "--report", str(report), check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: no usable rows")
+    counted = json.loads(report.read_text())
+    assert counted["rows_read"] == 8 == counted["rows_kept"] + counted["rows_rejected"]
+    assert counted["rejects_by_reason"]["binary_garbage"] == 5
+    assert counted["rejects_by_reason"]["wrong_field_count"] == 3

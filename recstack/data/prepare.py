@@ -370,7 +370,11 @@ def build_dataset(
             bytes_read, input_bytes = stream(sink, pool)
             streamed = time.perf_counter()
             if sink.num_rows == 0:
-                raise DataError(f"no usable rows in {', '.join(map(str, files))} ({log.summary()})")
+                counted = {"rows_read": log.rows_rejected, "rows_kept": 0, "rows_rejected": log.rows_rejected,
+                           "rejects_by_reason": dict(log.by_reason),
+                           "reject_examples": {k: list(v) for k, v in log.examples.items()},
+                           "notes": list(log.notes), "files": [str(f) for f in files]}
+                raise DataError(f"no usable rows in {', '.join(map(str, files))} ({log.summary()})", report=counted)
             num_train, splits = tail_split(sink.num_rows, split_tail)
             writer = sink.finish(num_train, pool, show_progress)
         timing = (time.perf_counter() - started, streamed - started)
