@@ -39,7 +39,9 @@ class BatchLoader:
         seed: int = 0,
         drop_last: bool = False,
         prefetch: int = 4,
+        transform: Callable[[Batch], Batch] | None = None,
     ):
+        """`transform`: applied to every batch where it is built (on the prefetch thread)."""
         start, stop = int(rows[0]), int(rows[1])
         if not 0 <= start <= stop <= len(dataset):
             raise ValueError(f"rows [{start}, {stop}) are outside the dataset's {len(dataset)} rows")
@@ -54,6 +56,7 @@ class BatchLoader:
         self.seed = int(seed)
         self.drop_last = drop_last
         self.prefetch = int(prefetch)
+        self.transform = transform
 
     @property
     def num_rows(self) -> int:
@@ -84,18 +87,54 @@ class BatchLoader:
         """The batches of one epoch, from `start_batch` on (earlier batches are never read)."""
         if not 0 <= start_batch <= len(self):
             raise ValueError(f"start_batch {start_batch} is outside 0..{len(self)}")
-        order = self.order(epoch)
-        return self._iterate(lambda i: self.dataset.gather(self.batch_rows(order, i)), range(start_batch, len(self)))
+        return self._iterate(self.order(epoch), range(start_batch, len(self)))
 
     def sequential(self) -> Iterator[Batch]:
         """Every row of the range once, in order, short last batch included (for evaluation)."""
-        count = -(-self.num_rows // self.batch_size)
-        return self._iterate(lambda i: self.dataset.gather(self.batch_rows(None, i)), range(count))
+        return self._iterate(None, range(-(-self.num_rows // self.batch_size)))
 
-    def _iterate(self, make: Callable[[int], Batch], indices: range) -> Iterator[Batch]:
+    def _iterate(self, order: np.ndarray | None, indices: range) -> Iterator[Batch]:
+        transform = self.transform  # as it is when the epoch starts
+
+        def make(i: int) -> Batch:
+            batch = self.dataset.gather(self.batch_rows(order, i))
+            return batch if transform is None else transform(batch)
+
         if self.prefetch == 0:
             return (make(i) for i in indices)
         return prefetched(make, indices, self.prefetch)
+
+
+class IndexBatchLoader(BatchLoader):
+    """Batches of the dataset rows `rows` (an index array, e.g. FAE's hot or cold pool), with
+    BatchLoader's rules: the epoch's order is rows[permutation], the permutation drawn from
+    default_rng([seed, epoch]) (or [seed, epoch, stream] when `stream` is set, so two pools get
+    independent orders). Over rows = arange(a, b) with no stream it yields BatchLoader((a, b))'s batches."""
+
+    def __init__(self, dataset: Dataset, rows: np.ndarray, batch_size: int, *, stream: int | None = None, **kwargs):
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.ndim != 1:
+            raise ValueError("rows must be a 1-d array of dataset row ids")
+        if rows.size and (int(rows.min()) < 0 or int(rows.max()) >= len(dataset)):
+            raise ValueError(f"rows lie outside the dataset's {len(dataset)} rows")
+        super().__init__(dataset, (0, len(dataset)), batch_size, **kwargs)
+        self.rows = rows
+        self.stream = stream
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.rows.size)
+
+    def order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return self.rows
+        key = [self.seed, epoch] if self.stream is None else [self.seed, epoch, self.stream]
+        return self.rows[np.random.default_rng(key).permutation(self.num_rows)]
+
+    def batch_rows(self, order: np.ndarray | None, i: int) -> np.ndarray:
+        order = self.rows if order is None else order
+        lo = i * self.batch_size
+        return np.sort(order[lo : min(lo + self.batch_size, self.num_rows)])
 
 
 @dataclass

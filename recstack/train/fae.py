@@ -25,7 +25,7 @@ from torch import nn
 
 from recstack.data.batch import Batch
 from recstack.data.hotcold import HotCold
-from recstack.data.loader import prefetched
+from recstack.data.loader import IndexBatchLoader
 from recstack.data.store import Dataset
 from recstack.embeddings.tiered import COLD, HOT, TieredEmbeddingCollection
 
@@ -82,81 +82,6 @@ class FAESchedule:
         """Kind changes in the epoch, counting one at its start when it begins in the other mode."""
         kinds = [start_mode] + [k for k, _ in self.epoch(epoch)]
         return sum(a != b for a, b in zip(kinds, kinds[1:]))
-
-
-class IndexBatchLoader:
-    """Batches of the dataset rows `rows` (an index array, e.g. a hot or cold pool), with
-    BatchLoader's determinism rules: the epoch's order is rows[permutation] with the permutation
-    drawn from default_rng([seed, epoch]) (or [seed, epoch, stream] when `stream` is set, so two
-    pools get independent orders); batch i holds positions [i*B, (i+1)*B) of it, sorted. Over
-    rows = arange(a, b) and stream None it yields exactly BatchLoader((a, b))'s batches."""
-
-    def __init__(
-        self,
-        dataset: Dataset,
-        rows: np.ndarray,
-        batch_size: int,
-        *,
-        shuffle: bool = True,
-        seed: int = 0,
-        stream: int | None = None,
-        drop_last: bool = False,
-        prefetch: int = 4,
-        transform: Callable[[Batch], Batch] | None = None,
-    ):
-        """`transform`: applied to every batch where it is built (on the prefetch thread)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        if rows.ndim != 1:
-            raise ValueError("rows must be a 1-d array of dataset row ids")
-        if rows.size and (int(rows.min()) < 0 or int(rows.max()) >= len(dataset)):
-            raise ValueError(f"rows lie outside the dataset's {len(dataset)} rows")
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        if prefetch < 0:
-            raise ValueError("prefetch must be >= 0")
-        self.dataset = dataset
-        self.rows = rows
-        self.batch_size = int(batch_size)
-        self.shuffle = shuffle
-        self.seed = int(seed)
-        self.stream = stream
-        self.drop_last = drop_last
-        self.prefetch = int(prefetch)
-        self.transform = transform
-
-    @property
-    def num_rows(self) -> int:
-        return int(self.rows.size)
-
-    def __len__(self) -> int:
-        full, rest = divmod(self.num_rows, self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
-
-    def order(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
-            return self.rows
-        key = [self.seed, epoch] if self.stream is None else [self.seed, epoch, self.stream]
-        return self.rows[np.random.default_rng(key).permutation(self.num_rows)]
-
-    def batch_rows(self, order: np.ndarray, i: int) -> np.ndarray:
-        lo = i * self.batch_size
-        return np.sort(order[lo : min(lo + self.batch_size, self.num_rows)])
-
-    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
-        if not 0 <= start_batch <= len(self):
-            raise ValueError(f"start_batch {start_batch} is outside 0..{len(self)}")
-        order = self.order(epoch)
-        indices = range(start_batch, len(self))
-
-        transform = self.transform
-
-        def make(i: int) -> Batch:
-            batch = self.dataset.gather(self.batch_rows(order, i))
-            return batch if transform is None else transform(batch)
-
-        if self.prefetch == 0:
-            return (make(i) for i in indices)
-        return prefetched(make, indices, self.prefetch)
 
 
 def _prepared(collection: TieredEmbeddingCollection | None, pin: bool, batch: Batch) -> Batch:
