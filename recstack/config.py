@@ -55,6 +55,29 @@ class ModelConfig:
     """Dropout before each hidden layer of the top MLP."""
     scale: float = 1.0
     """Multiplies every table's row count (ids fold by modulo when a table is smaller than its feature)."""
+    # --- the other models of the zoo (each reads the keys that apply to it; see recstack models) ---
+    task_mlp: list[int] = field(default_factory=list)
+    """Multi-task models: each task's head after the shared top_mlp, ending at 1."""
+    task_weights: list[float] = field(default_factory=list)
+    """Weight of each task's loss (default: 1 each)."""
+    mf_dim: int = 0
+    """NCF: width of the GMF (matrix factorization) embeddings (0: embedding_dim)."""
+    cross_layers: int = 3
+    """DCN-v2: number of cross layers."""
+    cross_rank: int = 0
+    """DCN-v2: rank of each cross layer's weight (0: full rank)."""
+    cross_structure: str = "stacked"
+    """DCN-v2: stacked (cross, then deep) or parallel (both on the input, outputs concatenated)."""
+    sequence_pooling: str = "attention"
+    """DIN/DIEN: how the behaviour history meets the target: attention, or sum / mean pooling (baselines)."""
+    attention_mlp: list[int] = field(default_factory=lambda: [80, 40])
+    """DIN/DIEN: hidden widths of the attention unit over [history, target, history - target, history * target]."""
+    gru_hidden: int = 0
+    """DIEN: GRU and AUGRU hidden width (0: the behaviour embedding width)."""
+    aux_loss_weight: float = 1.0
+    """DIEN: weight of the auxiliary next-behaviour loss."""
+    max_sequence_length: int = 100
+    """Behaviour sequences keep their last (most recent) this many items."""
 
 
 @dataclass
@@ -261,8 +284,6 @@ def validate(config: Config) -> None:
     for name, value in (("model.bottom_mlp", m.bottom_mlp), ("model.top_mlp", m.top_mlp)):
         if not value or min(value) < 1:
             raise ConfigError(f"{name} needs at least one layer, every width >= 1 (got {value})")
-    if m.top_mlp[-1] != 1:
-        raise ConfigError(f"model.top_mlp must end at 1 (one click logit), not {m.top_mlp[-1]}")
     if m.embedding_dim < 1:
         raise ConfigError("model.embedding_dim must be >= 1")
     for name, value in (("train.lr", t.lr), ("train.sparse_lr", t.sparse_lr), ("model.scale", m.scale)):
@@ -294,6 +315,14 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.device must be cpu, cuda or auto, not {t.device!r}")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError("model.dropout must be in [0, 1)")
+    if m.cross_structure not in ("stacked", "parallel"):
+        raise ConfigError(f"model.cross_structure must be stacked or parallel, not {m.cross_structure!r}")
+    if m.sequence_pooling not in ("attention", "sum", "mean"):
+        raise ConfigError(f"model.sequence_pooling must be attention, sum or mean, not {m.sequence_pooling!r}")
+    if min([m.cross_layers, m.cross_rank, m.gru_hidden, m.mf_dim, *m.task_mlp, *m.attention_mlp]) < 0 or m.max_sequence_length < 1:
+        raise ConfigError("model widths, ranks and layer counts must be >= 0, and model.max_sequence_length >= 1")
+    if any(not math.isfinite(w) or w < 0 for w in [*m.task_weights, m.aux_loss_weight]):
+        raise ConfigError("model.task_weights and model.aux_loss_weight must be finite numbers >= 0")
 
 
 def parse_overrides(tokens: list[str]) -> dict[str, Any]:

@@ -198,3 +198,34 @@ def test_rowwise_adagrad_over_steps_equals_per_row_reference():
             weight[row] -= lr * g / (acc[row].sqrt() + eps)
     torch.testing.assert_close(coll.weight.double(), weight, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(coll.optimizer_state[:, 0].double(), acc, rtol=1e-5, atol=1e-7)
+
+
+def test_sequences_are_unpooled_padded_and_truncated_to_the_most_recent():
+    """A shared item table: `target` pooled, `history` returned per id, the last max_length ids of
+    each sample; gradients of both reach the shared rows."""
+    torch.manual_seed(0)
+    table = TableConfig("item", 20, 4, feature_names=["target"], sequence_names=["history"])
+    coll = DenseEmbeddingCollection([table], SparseOptimizerConfig(kind="sgd"))
+    history = [[3, 4, 5, 6], [], [7], [1, 2]]
+    features = JaggedFeatures.from_dict({
+        "target": (torch.tensor([0, 1, 2, 3]), torch.ones(4, dtype=torch.int32)),
+        "history": (torch.tensor([i for h in history for i in h]), torch.tensor([len(h) for h in history])),
+    })
+    seq = coll.sequences(features, max_length=3)["history"]
+    assert seq.values.shape == (4, 3, 4) and seq.lengths.tolist() == [3, 0, 1, 2]
+    weight = coll.weight.detach().clone()
+    for b, ids in enumerate(history):
+        kept = ids[-3:]
+        for pos in range(3):
+            expected = weight[kept[pos]] if pos < len(kept) else torch.zeros(4)
+            torch.testing.assert_close(seq.values[b, pos], expected)
+    assert seq.mask.tolist() == [[True] * 3, [False] * 3, [True, False, False], [True, True, False]]
+    pooled = coll(features)
+    assert pooled.shape == (4, 1, 4)
+    (seq.values.sum() + pooled.sum()).backward()
+    coll.apply_gradients(1.0)
+    # sgd, lr 1, gradient 1 per use: row 3 was a target once and dropped from history (oldest of 4)
+    counts = torch.zeros(20)
+    for i in [0, 1, 2, 3, 4, 5, 6, 7, 1, 2]:
+        counts[i] += 1
+    torch.testing.assert_close(coll.weight, weight - counts.unsqueeze(1))

@@ -50,6 +50,15 @@ class SparseFeature:
     length: int | None = 1
     """Fixed bag size, or None for variable-length bags (stored with offsets)."""
     dtype: str = "int32"
+    table: str | None = None
+    """Embedding table the ids index; features naming the same table share its rows (a target item
+    and the items of a behaviour history). None: a table of its own, named like the feature."""
+    sequence: bool = False
+    """An ordered behaviour sequence (oldest first): attention models read it unpooled."""
+
+    @property
+    def table_name(self) -> str:
+        return self.table or self.name
 
 
 @dataclass

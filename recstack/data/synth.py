@@ -136,6 +136,13 @@ class TableSpec:
     pooling: Pooling = field(default_factory=lambda: Pooling.fixed(1))
     zipf: float = 1.05
     """Zipf exponent of id popularity (0 is uniform)."""
+    name: str = ""
+    """Feature name (default C1, C2, ... by position)."""
+    table: str = ""
+    """Name of an earlier feature whose table this one indexes too (same rows, same popular ids):
+    a behaviour history over the items of the target item's table."""
+    sequence: bool = False
+    """The bag is an ordered behaviour sequence (attention models read it unpooled)."""
 
 
 @dataclass(frozen=True)
@@ -153,9 +160,15 @@ class SynthPreset:
     def __post_init__(self) -> None:
         if self.num_dense < 0 or self.num_tasks < 1 or not 0 < self.base_rate < 1:
             raise DataError(f"preset {self.name!r}: bad num_dense, num_tasks or base_rate")
-        for t in self.tables:
+        names = []
+        for i, t in enumerate(self.tables):
             if t.rows < 1:
                 raise DataError(f"preset {self.name!r}: every table needs at least one row")
+            if t.table:
+                shared = next((s for s, n in zip(self.tables, names) if n == t.table), None)
+                if shared is None or shared.rows != t.rows:
+                    raise DataError(f"preset {self.name!r}: {t.name} shares table {t.table!r}, which must be an earlier feature with as many rows")
+            names.append(t.name or f"C{i + 1}")
 
     @property
     def rows(self) -> list[int]:
@@ -170,7 +183,11 @@ class SynthPreset:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> SynthPreset:
-        tables = tuple(TableSpec(int(t["rows"]), Pooling(**t["pooling"]), float(t["zipf"])) for t in raw["tables"])
+        tables = tuple(
+            TableSpec(int(t["rows"]), Pooling(**t["pooling"]), float(t["zipf"]), t.get("name", ""), t.get("table", ""),
+                      bool(t.get("sequence", False)))
+            for t in raw["tables"]
+        )
         return cls(**{**raw, "tables": tables})
 
 
@@ -252,6 +269,30 @@ register_preset(
         description="for tests: small tables, fixed and variable pooling with empty bags",
     )
 )
+
+
+# The industry-representative models of DeepRecSys (Gupta et al. ISCA 2020; ANCHORS.md section 1.1) at their
+# published sizes. DIN and DIEN read their behaviour history through the target item's table.
+_seq = Pooling.poisson(20.0, 100, low=1)
+for _name, _dense, _specs, _tasks, _description in [
+    ("rmc1", 128, skewed_tables([4_000_000] * 8, Pooling.fixed(80)), 1, "DLRM-RMC1: 8 tables x 4M rows, 80 lookups each"),
+    ("rmc2", 256, skewed_tables([500_000] * 32, Pooling.fixed(120)), 1, "DLRM-RMC2: 32 tables x 500k rows, 120 lookups each"),
+    ("rmc3", 2560, skewed_tables([2_000_000] * 10, Pooling.fixed(20)), 1, "DLRM-RMC3: 10 tables x 2M rows, 20 lookups each, 2560 dense"),
+    ("ncf", 0, (TableSpec(140_000, name="user", zipf=0.9), TableSpec(28_000, name="item", zipf=1.0)), 1,
+     "NCF: user and item ids"),
+    ("wnd", 512, skewed_tables([1_000_000] * 27), 1, "Wide & Deep: 512 dense, 27 one-hot tables x 1M rows"),
+    ("mtwnd", 512, skewed_tables([500_000] * 41 + [5_000_000] * 2), 2,
+     "multi-task Wide & Deep: 512 dense, 41 x 500k + 2 x 5M one-hot tables, two tasks"),
+    ("din", 0, (TableSpec(1_000_000, Pooling.fixed(3), 1.1, "user_profile"), TableSpec(10_000_000, zipf=1.2, name="item"),
+                TableSpec(10_000_000, _seq, 1.2, "hist_item", table="item", sequence=True),
+                TableSpec(10_000_000, Pooling.fixed(3), 1.2, "context")), 1,
+     "DIN: user profile, candidate item, a behaviour history over the item table (1-100 items), context"),
+    ("dien", 0, (TableSpec(500_000, zipf=1.1, name="user_profile"), TableSpec(5_000_000, zipf=1.2, name="item"),
+                 TableSpec(5_000_000, Pooling.fixed(40), 1.2, "hist_item", table="item", sequence=True),
+                 TableSpec(5_000_000, zipf=1.2, name="context")), 1,
+     "DIEN: user profile, candidate item, a 40-step behaviour sequence over the item table, context"),
+]:
+    register_preset(SynthPreset(_name, _dense, _specs, num_tasks=_tasks, description=_description))
 
 
 def scaled_rows(rows: int, scale: float) -> int:
@@ -407,7 +448,9 @@ class SynthModel:
         self.seed = int(seed)
         self.scale = float(scale)
         params = np.random.default_rng([self.seed, _PARAMS])
-        self.tables = [self._table(i, spec, params) for i, spec in enumerate(preset.tables)]
+        self.tables: list[_Table] = []
+        for i, spec in enumerate(preset.tables):
+            self.tables.append(self._table(i, spec, params))
         self.dense_mu = params.uniform(-1.0, 3.0, preset.num_dense)
         self.dense_sigma = params.uniform(0.8, 2.0, preset.num_dense)
         dense, bags = self.sample_features(_Streams(self.seed, _PILOT, 0, PILOT_ROWS))
@@ -426,17 +469,21 @@ class SynthModel:
         return ["label"] if k == 1 else [f"label_{t}" for t in range(k)]
 
     def sparse_features(self) -> list[SparseFeature]:
-        return [SparseFeature(t.name, t.rows, t.pooling.length, "int32") for t in self.tables]
+        return [
+            SparseFeature(t.name, t.rows, t.pooling.length, "int32", table=spec.table or None, sequence=spec.sequence)
+            for t, spec in zip(self.tables, self.preset.tables)
+        ]
 
     def _table(self, i: int, spec: TableSpec, params: np.random.Generator) -> _Table:
         rows = scaled_rows(spec.rows, self.scale)
+        name = spec.name or f"C{i + 1}"
         if rows > MAX_TABLE_ROWS:
-            raise DataError(
-                f"table C{i + 1} would have {rows:,} rows at scale {self.scale}; the limit is {MAX_TABLE_ROWS:,}"
-            )
-        return _Table(
-            f"C{i + 1}", rows, spec.pooling, spec.zipf, _coprime_multiplier(rows, params), int(params.integers(rows))
-        )
+            raise DataError(f"table {name} would have {rows:,} rows at scale {self.scale}; the limit is {MAX_TABLE_ROWS:,}")
+        mult, shift = _coprime_multiplier(rows, params), int(params.integers(rows))
+        if spec.table:  # the same popular rows as the feature whose table it shares
+            shared = next(t for t in self.tables if t.name == spec.table)
+            mult, shift = shared.mult, shared.shift
+        return _Table(name, rows, spec.pooling, spec.zipf, mult, shift)
 
     def _task(self, k: int, dense_std: np.ndarray) -> _Task:
         rng = np.random.default_rng([self.seed, _PARAMS, 1 + k])
@@ -537,8 +584,9 @@ class SynthModel:
 
     def logits(self, dense: np.ndarray, bags: Bags) -> np.ndarray:
         """True logits, float64 [n, tasks]."""
-        dense = np.asarray(dense, dtype=np.float32).reshape(-1, self.preset.num_dense)
-        out = np.empty((dense.shape[0], len(self.tasks)))
+        n = len(next(iter(bags.values()))[1]) if bags else len(dense)  # dense may have no columns to count rows by
+        dense = np.asarray(dense, dtype=np.float32).reshape(n, self.preset.num_dense)
+        out = np.empty((n, len(self.tasks)))
         for k, task in enumerate(self.tasks):
             out[:, k] = task.bias + _dot(task.group_scale, self._components(task, dense, bags))
         return out

@@ -26,14 +26,16 @@ class TableConfig:
     num_embeddings: int
     embedding_dim: int
     feature_names: list[str] = field(default_factory=list)
-    """Features looked up in this table (default: the feature named like the table)."""
+    """Features looked up and pooled in this table (default: the feature named like the table)."""
     pooling: str = "sum"
     """How a bag of ids becomes one vector: sum or mean."""
     fold: bool = False
     """Ids >= num_embeddings fold into the table by modulo (a table shrunk by model.scale)."""
+    sequence_names: list[str] = field(default_factory=list)
+    """Features looked up in this table and returned unpooled, one vector per id (behaviour sequences)."""
 
     def __post_init__(self) -> None:
-        if not self.feature_names:
+        if not self.feature_names and not self.sequence_names:
             self.feature_names = [self.name]
         if self.pooling not in ("sum", "mean"):
             raise ValueError(f"table {self.name}: pooling must be sum or mean, not {self.pooling!r}")
@@ -54,8 +56,22 @@ class SparseOptimizerConfig:
         return {"sgd": 0, "rowwise_adagrad": 1, "adagrad": dim}[self.kind]
 
 
+@dataclass
+class SequenceEmbeddings:
+    """One behaviour sequence per sample, padded: values [B, L, D], lengths [B] (positions >= length are 0)."""
+
+    values: torch.Tensor
+    lengths: torch.Tensor
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """bool [B, L]: True at real positions."""
+        positions = torch.arange(self.values.shape[1], device=self.values.device)
+        return positions.unsqueeze(0) < self.lengths.unsqueeze(1)
+
+
 class EmbeddingCollection(nn.Module, ABC):
-    """Pooled embeddings for a set of features, with a fused sparse optimizer."""
+    """Pooled (and sequence) embeddings for a set of features, with a fused sparse optimizer."""
 
     tables: list[TableConfig]
 
@@ -64,9 +80,18 @@ class EmbeddingCollection(nn.Module, ABC):
         """Output order of `forward`'s feature axis."""
         return [f for t in self.tables for f in t.feature_names]
 
+    @property
+    def sequence_names(self) -> list[str]:
+        """Features `sequences` returns unpooled."""
+        return [f for t in self.tables for f in t.sequence_names]
+
     @abstractmethod
     def forward(self, features: JaggedFeatures) -> torch.Tensor:
         """Pooled embeddings [B, F, D] in `feature_names` order (all tables share D)."""
+
+    def sequences(self, features: JaggedFeatures, max_length: int) -> dict[str, SequenceEmbeddings]:
+        """The `sequence_names` features unpooled, each sample's last `max_length` ids (the most recent)."""
+        raise NotImplementedError(f"{type(self).__name__} does not serve sequence features")
 
     @abstractmethod
     def apply_gradients(self, lr: float) -> None:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from recstack.data.batch import JaggedFeatures
-from recstack.embeddings.base import EmbeddingCollection, SparseOptimizerConfig, TableConfig
+from recstack.embeddings.base import EmbeddingCollection, SequenceEmbeddings, SparseOptimizerConfig, TableConfig
 from recstack.embeddings.optim import new_state, sum_duplicate_rows, update_rows
 
 
@@ -59,6 +59,9 @@ class DenseEmbeddingCollection(EmbeddingCollection):
                 feature_rows.append(t.num_embeddings)
                 feature_fold.append(t.fold)
                 feature_mean.append(t.pooling == "mean")
+        # sequence features: (row offset, rows, fold) of their table
+        self._sequence_table = {f: (offset, t.num_embeddings, t.fold) for t, offset in zip(tables, row_offsets)
+                                for f in t.sequence_names}
         self.register_buffer("weight", torch.empty(total_rows, self.dim, device=device))
         self.register_buffer("optimizer_state", new_state(self.optimizer, total_rows, self.dim, device))
         self.register_buffer("_feature_offset", torch.tensor(feature_offset, dtype=torch.int64), persistent=False)
@@ -112,8 +115,10 @@ class DenseEmbeddingCollection(EmbeddingCollection):
         )
 
     def forward(self, features: JaggedFeatures) -> torch.Tensor:
-        features = self._in_order(features)
         batch, num_features = features.batch_size, len(self.feature_names)
+        if num_features == 0:
+            return self.weight.new_zeros(batch, 0, self.dim)
+        features = self._in_order(features)
         lengths = features.lengths
         one_hot = features.values.numel() == lengths.numel() and features.weights is None and not self._any_mean
         if one_hot:
@@ -151,6 +156,36 @@ class DenseEmbeddingCollection(EmbeddingCollection):
             pooled.requires_grad_(True)
             self._pending.append(_Lookup(rows, None if one_hot else lengths, weights, pooled))
         return pooled.view(num_features, batch, self.dim).transpose(0, 1)
+
+    def sequences(self, features: JaggedFeatures, max_length: int) -> dict[str, SequenceEmbeddings]:
+        batch, device = features.batch_size, self.weight.device
+        per_key = features.lengths.view(len(features.keys), batch)
+        value_parts = torch.split(features.values, per_key.sum(1).tolist())
+        out = {}
+        for name, (row_offset, rows, fold) in self._sequence_table.items():
+            if name not in features.keys:
+                raise KeyError(f"batch lacks sequence feature {name!r}")
+            i = features.keys.index(name)
+            ids, lengths = value_parts[i].to(device), per_key[i].to(device=device, dtype=torch.int64)
+            # keep each sample's last max_length ids: position of every id counted from its kept start
+            kept = lengths.clamp(max=max_length)
+            sample = torch.arange(batch, device=device).repeat_interleave(lengths)
+            starts = torch.cumsum(lengths, 0) - lengths + (lengths - kept)
+            position = torch.arange(ids.numel(), device=device) - starts[sample]
+            keep = position >= 0
+            ids, sample, position = ids[keep], sample[keep], position[keep]
+            if fold:
+                ids = torch.remainder(ids, rows)
+            global_rows = ids + row_offset
+            with torch.no_grad():
+                looked_up = self.weight.index_select(0, global_rows)
+            if self.training and torch.is_grad_enabled():
+                looked_up.requires_grad_(True)
+                self._pending.append(_Lookup(global_rows, None, None, looked_up))
+            width = max(int(kept.max()) if batch else 0, 1)
+            padded = looked_up.new_zeros(batch * width, self.dim).index_copy(0, sample * width + position, looked_up)
+            out[name] = SequenceEmbeddings(padded.view(batch, width, self.dim), kept)
+        return out
 
     @torch.no_grad()
     def apply_gradients(self, lr: float) -> None:

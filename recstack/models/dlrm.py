@@ -14,10 +14,12 @@ from torch import nn
 
 from recstack.data.batch import Batch
 from recstack.embeddings.base import EmbeddingCollection
-from recstack.models.layers import MLP, CatInteraction, DotInteraction
+from recstack.errors import ConfigError
+from recstack.models.base import ModelContext, RecModel
+from recstack.models.layers import MLP, CatInteraction, DotInteraction, require_logit
 
 
-class DLRM(nn.Module):
+class DLRM(RecModel):
     def __init__(
         self,
         num_dense: int,
@@ -44,8 +46,7 @@ class DLRM(nn.Module):
     def forward(self, batch: Batch) -> torch.Tensor:
         x = self.bottom(batch.dense)
         embedded = self.embeddings(batch.sparse)
-        logits = self.top(self.interaction(x, embedded))
-        return logits.squeeze(-1) if logits.shape[-1] == 1 else logits
+        return self.output(self.top(self.interaction(x, embedded)))
 
     def flops_per_sample(self) -> int:
         """Forward FLOPs of the dense part (MLPs and interaction); training is about 3x."""
@@ -53,3 +54,23 @@ class DLRM(nn.Module):
 
     def embedding_lookups_per_sample(self) -> int:
         return len(self.embeddings.feature_names)
+
+
+def build(ctx: ModelContext) -> DLRM:
+    m = ctx.config
+    ctx.require(dense=True, pooled=1, model="DLRM")
+    require_logit("model.top_mlp", m.top_mlp)
+    if m.bottom_mlp[-1] != m.embedding_dim:
+        raise ConfigError(
+            f"model.bottom_mlp must end at model.embedding_dim ({m.embedding_dim}) for the interaction, "
+            f"not {m.bottom_mlp[-1]}"
+        )
+    return DLRM(
+        num_dense=len(ctx.layout.dense),
+        embeddings=ctx.embeddings(ctx.tables(m.embedding_dim, sequences=False)),
+        bottom_mlp=m.bottom_mlp,
+        top_mlp=m.top_mlp,
+        interaction=m.interaction,
+        interaction_self=m.interaction_self,
+        dropout=m.dropout,
+    )

@@ -7,6 +7,14 @@ import math
 import torch
 from torch import nn
 
+from recstack.errors import ConfigError
+
+
+def require_logit(name: str, widths: list[int]) -> None:
+    """The last layer of a model's output MLP is its logit."""
+    if not widths or widths[-1] != 1:
+        raise ConfigError(f"{name} must end at 1 (one logit), not {widths[-1] if widths else 'nothing'}")
+
 
 class MLP(nn.Sequential):
     """Linear layers with ReLU between them; the last layer has no activation unless asked.

@@ -1,37 +1,74 @@
-"""The model registry: named presets (architecture defaults) and one builder from config + data."""
+"""The model registry: named presets (architecture and data defaults) and one builder from config + data.
+
+A preset sets `model.*` keys and the synthetic preset trained on when no `--data` is given. The
+DeepRecSys presets (rmc1-3, ncf, wnd, mtwnd, din, dien) have the published production sizes of
+ANCHORS.md section 1.1; `--model.scale` shrinks their tables.
+"""
 
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Any
 
-from torch import nn
+import torch
 
-from recstack.config import Config, ModelConfig, TrainConfig, apply_mapping
-from recstack.data.store import Schema
-from recstack.embeddings import DenseEmbeddingCollection, SparseOptimizerConfig, TableConfig
+from recstack.config import Config, TrainConfig, apply_mapping
+from recstack.data.batch import Batch
+from recstack.data.store import Schema, SparseFeature
+from recstack.embeddings import SparseOptimizerConfig
 from recstack.errors import ConfigError
-from recstack.models.dlrm import DLRM
+from recstack.models.base import DataLayout, ModelContext, RecModel
+
+MODELS: dict[str, str] = {
+    "dlrm": "recstack.models.dlrm:build",
+    "ncf": "recstack.models.ncf:build",
+    "wnd": "recstack.models.wide_deep:build_wide_deep",
+    "mtwnd": "recstack.models.wide_deep:build_multitask",
+    "dcn-v2": "recstack.models.dcn:build",
+    "deepfm": "recstack.models.deepfm:build",
+    "din": "recstack.models.din:build",
+    "dien": "recstack.models.dien:build",
+}
+"""Model name -> "module:builder"; a builder takes a ModelContext and returns a RecModel."""
+
+
+def _preset(model: dict[str, Any], synth: str) -> dict[str, Any]:
+    return {"model": model, "data": {"synth_preset": synth}}
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     # DLRM reference, bench/dlrm_s_criteo_kaggle.sh
-    "criteo-kaggle": {
-        "model": {"name": "dlrm", "embedding_dim": 16, "bottom_mlp": [512, 256, 64, 16], "top_mlp": [512, 256, 1]},
-        "data": {"synth_preset": "criteo-kaggle"},
-    },
+    "criteo-kaggle": _preset({"name": "dlrm", "embedding_dim": 16, "bottom_mlp": [512, 256, 64, 16], "top_mlp": [512, 256, 1]},
+                             "criteo-kaggle"),
     # DLRM reference, bench/dlrm_s_criteo_terabyte.sh
-    "criteo-terabyte": {
-        "model": {"name": "dlrm", "embedding_dim": 64, "bottom_mlp": [512, 256, 64], "top_mlp": [512, 512, 256, 1]},
-        "data": {"synth_preset": "criteo-terabyte"},
-    },
+    "criteo-terabyte": _preset({"name": "dlrm", "embedding_dim": 64, "bottom_mlp": [512, 256, 64], "top_mlp": [512, 512, 256, 1]},
+                               "criteo-terabyte"),
+    # DeepRecSys models/configs/*.json (the interaction is "cat" in all three)
+    "rmc1": _preset({"name": "dlrm", "embedding_dim": 32, "bottom_mlp": [64, 32], "top_mlp": [256, 64, 1], "interaction": "cat"},
+                    "rmc1"),
+    "rmc2": _preset({"name": "dlrm", "embedding_dim": 64, "bottom_mlp": [128, 64], "top_mlp": [128, 64, 1], "interaction": "cat"},
+                    "rmc2"),
+    "rmc3": _preset({"name": "dlrm", "embedding_dim": 32, "bottom_mlp": [1024, 256, 32], "top_mlp": [512, 256, 1],
+                     "interaction": "cat"}, "rmc3"),
+    # NeuMF with DeepRecSys's sizes: 64-wide GMF and MLP embeddings, MLP tower 128-256-256-128-64
+    "ncf": _preset({"name": "ncf", "embedding_dim": 64, "mf_dim": 64, "top_mlp": [256, 256, 128, 64]}, "ncf"),
+    "wnd": _preset({"name": "wnd", "embedding_dim": 32, "top_mlp": [1024, 512, 256, 1]}, "wnd"),
+    "mtwnd": _preset({"name": "mtwnd", "embedding_dim": 32, "top_mlp": [1024, 512], "task_mlp": [256, 128, 1]}, "mtwnd"),
+    "din": _preset({"name": "din", "embedding_dim": 32, "attention_mlp": [80, 40], "top_mlp": [200, 80, 1]}, "din"),
+    "dien": _preset({"name": "dien", "embedding_dim": 32, "gru_hidden": 64, "attention_mlp": [80, 40],
+                     "top_mlp": [200, 80, 1], "max_sequence_length": 40}, "dien"),
+    # MLPerf DLRM-v2: DCN-v2 interaction (3 cross layers, rank 512) on the multi-hot Criteo tables
+    "dcn-v2": _preset({"name": "dcn-v2", "embedding_dim": 128, "bottom_mlp": [512, 256, 128],
+                       "top_mlp": [1024, 1024, 512, 256, 1], "cross_layers": 3, "cross_rank": 512}, "criteo-multihot"),
+    # DeepFM (Guo et al. 2017) on the Criteo tables: a 400-400-400 deep part
+    "deepfm": _preset({"name": "deepfm", "embedding_dim": 16, "top_mlp": [400, 400, 400, 1]}, "criteo-kaggle"),
     # For tests: seconds on a laptop.
-    "tiny": {
-        "model": {"name": "dlrm", "embedding_dim": 8, "bottom_mlp": [16, 8], "top_mlp": [16, 1]},
-        "data": {"synth_preset": "tiny"},
-    },
+    "tiny": _preset({"name": "dlrm", "embedding_dim": 8, "bottom_mlp": [16, 8], "top_mlp": [16, 1]}, "tiny"),
 }
 
-MODELS = {"dlrm"}
+ZOO = ["rmc1", "rmc2", "rmc3", "ncf", "wnd", "mtwnd", "din", "dien", "dcn-v2", "deepfm", "criteo-kaggle", "criteo-terabyte"]
+"""The presets `recstack models` characterizes, in the order of DeepRecSys's table."""
 
 
 def apply_preset(config: Config, name: str) -> None:
@@ -39,23 +76,6 @@ def apply_preset(config: Config, name: str) -> None:
         raise ConfigError(f"unknown model preset {name!r}; presets: {', '.join(sorted(PRESETS))}")
     apply_mapping(config, PRESETS[name])
     config.model.preset = name
-
-
-def table_configs(model: ModelConfig, schema: Schema, table_scale: float) -> list[TableConfig]:
-    """One table per sparse feature of the data, rows multiplied by table_scale (ids fold when shrunk)."""
-    tables = []
-    for feature in schema.sparse:
-        rows = feature.num_embeddings
-        scaled = max(1, math.ceil(rows * table_scale)) if table_scale != 1.0 else rows
-        tables.append(
-            TableConfig(
-                name=feature.name,
-                num_embeddings=scaled,
-                embedding_dim=model.embedding_dim,
-                fold=scaled < rows,
-            )
-        )
-    return tables
 
 
 def sparse_optimizer_config(train: TrainConfig) -> SparseOptimizerConfig:
@@ -68,40 +88,64 @@ def table_scale(config: Config, schema: Schema) -> float:
     return 1.0 if schema.info.get("generator") == "recstack.data.synth" else config.model.scale
 
 
-def build_model(config: Config, schema: Schema) -> nn.Module:
-    m = config.model
-    if m.name not in MODELS:
-        raise ConfigError(f"unknown model {m.name!r}; models: {', '.join(sorted(MODELS))}")
-    if not schema.sparse:
-        raise ConfigError("DLRM needs at least one sparse feature; the dataset has none")
-    if m.bottom_mlp[-1] != m.embedding_dim:
-        raise ConfigError(
-            f"model.bottom_mlp must end at model.embedding_dim ({m.embedding_dim}) for the interaction, "
-            f"not {m.bottom_mlp[-1]}"
-        )
-    embeddings = DenseEmbeddingCollection(
-        table_configs(m, schema, table_scale(config, schema)), sparse_optimizer_config(config.train)
-    )
-    return DLRM(
-        num_dense=len(schema.dense_names),
-        embeddings=embeddings,
-        bottom_mlp=m.bottom_mlp,
-        top_mlp=m.top_mlp,
-        interaction=m.interaction,
-        interaction_self=m.interaction_self,
-        dropout=m.dropout,
-    )
+def data_layout(config: Config, schema: Schema) -> DataLayout:
+    """The schema as a model sees it: table rows multiplied by the table scale (ids fold when shrunk)."""
+    scale = table_scale(config, schema)
+    sparse, folded = [], set()
+    for f in schema.sparse:
+        rows = max(1, math.ceil(f.num_embeddings * scale)) if scale != 1.0 else f.num_embeddings
+        if rows < f.num_embeddings:
+            folded.add(f.table_name)
+        sparse.append(SparseFeature(f.name, rows, f.length, f.dtype, table=f.table, sequence=f.sequence))
+    return DataLayout(list(schema.dense_names), list(schema.label_names), sparse, folded)
 
 
-def describe(model: nn.Module) -> dict[str, Any]:
-    """Sizes other tools read: dense parameters, embedding rows and bytes, FLOPs per sample."""
+def builder(name: str):
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; models: {', '.join(sorted(MODELS))}")
+    module, function = MODELS[name].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def build_model(config: Config, schema: Schema, device: torch.device | str = "cpu") -> RecModel:
+    context = ModelContext(config.model, data_layout(config, schema), sparse_optimizer_config(config.train), device)
+    return builder(config.model.name)(context)
+
+
+def describe(model: RecModel, batch: Batch | None = None) -> dict[str, Any]:
+    """Sizes other tools read: dense parameters, embedding rows and bytes; with a sample batch, the
+    forward FLOPs and the embedding bytes read per sample (mean bag sizes of that batch)."""
+    collections = model.embedding_collections()
+    table_params = sum(t.num_embeddings * t.embedding_dim for c in collections for t in c.tables)
     dense_params = sum(p.numel() for p in model.parameters())
-    emb = model.embeddings
-    return {
+    out: dict[str, Any] = {
         "dense_params": dense_params,
-        "embedding_rows": sum(t.num_embeddings for t in emb.tables),
-        "embedding_bytes": emb.embedding_bytes(),
-        "params": dense_params + sum(t.num_embeddings * t.embedding_dim for t in emb.tables),
-        "flops_per_sample": model.flops_per_sample(),
-        "embedding_lookups_per_sample": model.embedding_lookups_per_sample(),
+        "embedding_rows": sum(t.num_embeddings for c in collections for t in c.tables),
+        "embedding_bytes": sum(c.embedding_bytes() for c in collections),
+        "params": dense_params + table_params,
     }
+    flops = getattr(model, "flops_per_sample", None)
+    if flops is not None:
+        out["flops_per_sample"] = flops()
+    if batch is not None:
+        out["flops_per_sample"] = model.measured_flops_per_sample(batch)
+        out["embedding_bytes_per_sample"] = embedding_bytes_per_sample(model, batch)
+    lookups = getattr(model, "embedding_lookups_per_sample", None)
+    if lookups is not None:
+        out["embedding_lookups_per_sample"] = lookups()
+    return out
+
+
+def embedding_bytes_per_sample(model: RecModel, batch: Batch) -> float:
+    """fp32 bytes of the rows every sample gathers: mean ids per feature x the width of each
+    collection that reads it (a sequence counts its last `model.max_sequence_length` ids, the ones read)."""
+    lengths = batch.sparse.lengths.view(len(batch.sparse.keys), batch.batch_size).double()
+    pooled = dict(zip(batch.sparse.keys, lengths.mean(1).tolist()))
+    cap = getattr(model, "max_sequence_length", None)
+    capped = dict(zip(batch.sparse.keys, (lengths.clamp(max=cap) if cap else lengths).mean(1).tolist()))
+    total = 0.0
+    for collection in model.embedding_collections():
+        for t in collection.tables:
+            total += sum(pooled.get(name, 0.0) for name in t.feature_names) * t.embedding_dim * 4
+            total += sum(capped.get(name, 0.0) for name in t.sequence_names) * t.embedding_dim * 4
+    return total

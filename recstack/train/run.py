@@ -62,6 +62,9 @@ def enable_fae(config: Config, dataset: Dataset, model):
     from recstack.train.trainer import resolve_device
 
     emb = model.embeddings
+    if len(model.embedding_collections()) != 1 or emb.sequence_names:
+        raise ConfigError(f"FAE tiers one collection of pooled tables; model {config.model.name} has "
+                          f"{len(model.embedding_collections())} collection(s) and {len(emb.sequence_names)} sequence feature(s)")
     wanted = {
         "budget_bytes": parse_bytes(config.fae.budget),
         "sample": parse_fraction(config.fae.sample),
@@ -116,7 +119,7 @@ def train(
         trainer.resume()
     sizes = describe(model)
     say(
-        f"DLRM ({config.model.preset}): {sizes['dense_params']:,} dense parameters, "
+        f"{config.model.name} ({config.model.preset}): {sizes['dense_params']:,} dense parameters, "
         f"{sizes['embedding_rows']:,} embedding rows ({sizes['embedding_bytes'] / 2**20:,.1f} MiB), "
         f"{trainer.total_steps:,} steps of {config.train.batch_size}"
     )

@@ -1,0 +1,173 @@
+"""What every model of the zoo shares: its contract with the trainer and the server, and what its
+builder is given (the model's config, the data's layout, and where embeddings come from).
+
+A model file defines a `RecModel` subclass and a `build(context) -> RecModel` function. It asks
+`context.embeddings(...)` for its tables and never constructs a placement itself, so FAE tiers,
+shards or quantized tables replace them without the model knowing (DESIGN.md, principle 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from recstack.config import ModelConfig
+from recstack.data.batch import Batch
+from recstack.data.store import SparseFeature
+from recstack.embeddings import DenseEmbeddingCollection, EmbeddingCollection, SparseOptimizerConfig, TableConfig
+from recstack.errors import ConfigError
+
+
+@dataclass
+class DataLayout:
+    """What a model sees of a dataset: feature names and table sizes, never the rows."""
+
+    dense: list[str]
+    tasks: list[str]
+    sparse: list[SparseFeature]
+    """Sparse features with the table rows the model gets (already scaled by model.scale)."""
+    folded: set[str] = field(default_factory=set)
+    """Tables shrunk below their ids' range (ids fold into them by modulo)."""
+
+    @property
+    def pooled(self) -> list[str]:
+        return [f.name for f in self.sparse if not f.sequence]
+
+    @property
+    def sequences(self) -> list[str]:
+        return [f.name for f in self.sparse if f.sequence]
+
+    def feature(self, name: str) -> SparseFeature:
+        for f in self.sparse:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    def target_of(self, sequence: str) -> str | None:
+        """The pooled feature indexing the same table as a behaviour sequence (its candidate item)."""
+        table = self.feature(sequence).table_name
+        return next((f.name for f in self.sparse if not f.sequence and f.table_name == table), None)
+
+
+@dataclass
+class ModelContext:
+    """Everything a model builder needs: its config, the data layout and the embedding placement."""
+
+    config: ModelConfig
+    layout: DataLayout
+    optimizer: SparseOptimizerConfig = field(default_factory=SparseOptimizerConfig)
+    device: torch.device | str = "cpu"
+    """Where tables are allocated ("meta" to describe a model without its memory)."""
+
+    def tables(self, dim: int, features: list[str] | None = None, sequences: bool = True) -> list[TableConfig]:
+        """One table per distinct table name among `features` (default: all pooled ones, plus the
+        sequences when `sequences`), each serving every listed feature that indexes it."""
+        layout = self.layout
+        wanted = features if features is not None else layout.pooled + (layout.sequences if sequences else [])
+        grouped: dict[str, TableConfig] = {}
+        for name in wanted:
+            f = layout.feature(name)
+            table = grouped.get(f.table_name)
+            if table is None:
+                table = grouped[f.table_name] = TableConfig(
+                    f.table_name, f.num_embeddings, dim, feature_names=[], sequence_names=[],
+                    fold=f.table_name in layout.folded,
+                )
+            table.num_embeddings = max(table.num_embeddings, f.num_embeddings)
+            (table.sequence_names if f.sequence else table.feature_names).append(name)
+        return list(grouped.values())
+
+    def embeddings(self, tables: list[TableConfig]) -> EmbeddingCollection:
+        return DenseEmbeddingCollection(tables, self.optimizer, device=self.device)
+
+    def require(self, *, dense: bool = False, pooled: int = 0, sequences: bool = False, model: str = "") -> None:
+        """One-line errors for data this model cannot read."""
+        what = model or self.config.name
+        if dense and not self.layout.dense:
+            raise ConfigError(f"{what} needs dense features; the dataset has none")
+        if len(self.layout.pooled) < pooled:
+            raise ConfigError(f"{what} needs at least {pooled} sparse feature(s); the dataset has {len(self.layout.pooled)}")
+        if sequences and not self.layout.sequences:
+            raise ConfigError(f"{what} needs a behaviour-sequence feature (schema `sequence: true`); the dataset has none")
+
+
+class RecModel(nn.Module):
+    """A model of the zoo: a Batch in, one logit per sample (and task) out.
+
+    Subclasses implement `forward`; one with extra training terms (DIEN's auxiliary loss)
+    overrides `training_loss`. The trainer and the server use nothing else.
+    """
+
+    embeddings: EmbeddingCollection
+    """The main tables (the ones FAE tiers or shards replace)."""
+
+    def __init__(self, task_names: list[str] | None = None, task_weights: list[float] | None = None):
+        super().__init__()
+        self.task_names = list(task_names or ["label"])
+        weights = list(task_weights or [1.0] * len(self.task_names))
+        if len(weights) != len(self.task_names):
+            raise ConfigError(f"model.task_weights has {len(weights)} entries for {len(self.task_names)} tasks")
+        self.register_buffer("task_weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_names)
+
+    def output(self, logits: torch.Tensor) -> torch.Tensor:
+        """[B, T] logits to the trainer's shape: [B] for one task."""
+        return logits.squeeze(-1) if logits.shape[-1] == 1 else logits
+
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Binary cross-entropy, a weighted sum over tasks."""
+        labels = labels.to(logits.dtype)
+        if logits.dim() == 1:
+            return F.binary_cross_entropy_with_logits(logits, labels)
+        per_task = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(0)
+        return (per_task * self.task_weights.to(per_task.dtype)).sum()
+
+    def training_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss to minimize, logits)."""
+        logits = self(batch)
+        return self.task_loss(logits, batch.labels), logits
+
+    def embedding_collections(self) -> list[EmbeddingCollection]:
+        return embedding_collections(self)
+
+    def apply_gradients(self, lr: float) -> None:
+        """The sparse optimizer step of every table the last forward touched."""
+        for collection in self.embedding_collections():
+            collection.apply_gradients(lr)
+
+    def discard_gradients(self) -> None:
+        for collection in self.embedding_collections():
+            discard = getattr(collection, "discard_gradients", None)
+            if discard is not None:
+                discard()
+
+    @torch.no_grad()
+    def measured_flops_per_sample(self, batch: Batch) -> float:
+        """Forward FLOPs per sample counted by torch's FLOP counter on a real batch (matmuls,
+        attention and recurrent steps included; embedding gathers are bytes, not FLOPs)."""
+        was_training = self.training
+        self.eval()
+        try:
+            with FlopCounterMode(display=False) as counter:
+                self(batch)
+        finally:
+            self.train(was_training)
+        return counter.get_total_flops() / max(batch.batch_size, 1)
+
+
+def embedding_collections(module: nn.Module) -> list[EmbeddingCollection]:
+    """The outermost collections of a module (a tiered collection's own tiers are its business)."""
+    found = []
+    for child in module.children():
+        if isinstance(child, EmbeddingCollection):
+            found.append(child)
+        else:
+            found.extend(embedding_collections(child))
+    return found
