@@ -160,6 +160,22 @@ def _no_extra(extra: list[str]) -> None:
         raise ConfigError(f"unexpected arguments: {' '.join(extra)}")
 
 
+# Sub-commands whose arguments live beside their code: (parent verbs, name, module, help). The module
+# defines `add_arguments(parser)` and `run(args, extra) -> int`, and imports its heavy parts in `run`.
+PLUGGED: list[tuple[tuple[str, ...], str, str, str]] = [
+]
+
+
+def _plug(groups: dict[tuple[str, ...], Any]) -> None:
+    import importlib
+
+    for parent, name, module_name, help_text in PLUGGED:
+        module = importlib.import_module(module_name)
+        sub = groups[parent].add_parser(name, help=help_text)
+        module.add_arguments(sub)
+        sub.set_defaults(func=module.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recstack",
@@ -271,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_train.add_argument("--steps", type=_positive_int, default=200, help="measured steps per variant")
     _add_common(bench_train)
     bench_train.set_defaults(func=cmd_bench_train)
+    _plug({(): verbs, ("data",): data, ("data", "prepare"): prepare, ("analyze",): analyze, ("bench",): bench})
     return parser
 
 
