@@ -163,6 +163,8 @@ def _no_extra(extra: list[str]) -> None:
 # Sub-commands whose arguments live beside their code: (parent verbs, name, module, help). The module
 # defines `add_arguments(parser)` and `run(args, extra) -> int`, and imports its heavy parts in `run`.
 PLUGGED: list[tuple[tuple[str, ...], str, str, str]] = [
+    (("data", "prepare"), "movielens", "recstack.data.movielens", "MovieLens ratings (ml-100k, ml-1m): leave-one-out with sampled negatives"),
+    ((), "models", "recstack.analyze.zoo_report", "the model zoo: parameters, bytes, FLOPs per sample, class"),
 ]
 
 

@@ -168,11 +168,30 @@ class SynthPreset:
                 shared = next((s for s, n in zip(self.tables, names) if n == t.table), None)
                 if shared is None or shared.rows != t.rows:
                     raise DataError(f"preset {self.name!r}: {t.name} shares table {t.table!r}, which must be an earlier feature with as many rows")
-            names.append(t.name or f"C{i + 1}")
+            names.append(self.feature_name(i))
 
     @property
     def rows(self) -> list[int]:
         return [t.rows for t in self.tables]
+
+    @property
+    def dense_names(self) -> list[str]:
+        return [f"I{j + 1}" for j in range(self.num_dense)]
+
+    @property
+    def label_names(self) -> list[str]:
+        return ["label"] if self.num_tasks == 1 else [f"label_{t}" for t in range(self.num_tasks)]
+
+    def feature_name(self, index: int) -> str:
+        return self.tables[index].name or f"C{index + 1}"
+
+    def sparse_features(self, scale: float = 1.0) -> list[SparseFeature]:
+        """The schema's sparse features of data generated at this scale."""
+        return [
+            SparseFeature(self.feature_name(i), scaled_rows(t.rows, scale), t.pooling.length, "int32",
+                          table=t.table or None, sequence=t.sequence)
+            for i, t in enumerate(self.tables)
+        ]
 
     @property
     def zipf(self) -> list[float]:
@@ -461,22 +480,18 @@ class SynthModel:
 
     @property
     def dense_names(self) -> list[str]:
-        return [f"I{j + 1}" for j in range(self.preset.num_dense)]
+        return self.preset.dense_names
 
     @property
     def label_names(self) -> list[str]:
-        k = self.preset.num_tasks
-        return ["label"] if k == 1 else [f"label_{t}" for t in range(k)]
+        return self.preset.label_names
 
     def sparse_features(self) -> list[SparseFeature]:
-        return [
-            SparseFeature(t.name, t.rows, t.pooling.length, "int32", table=spec.table or None, sequence=spec.sequence)
-            for t, spec in zip(self.tables, self.preset.tables)
-        ]
+        return self.preset.sparse_features(self.scale)
 
     def _table(self, i: int, spec: TableSpec, params: np.random.Generator) -> _Table:
         rows = scaled_rows(spec.rows, self.scale)
-        name = spec.name or f"C{i + 1}"
+        name = self.preset.feature_name(i)
         if rows > MAX_TABLE_ROWS:
             raise DataError(f"table {name} would have {rows:,} rows at scale {self.scale}; the limit is {MAX_TABLE_ROWS:,}")
         mult, shift = _coprime_multiplier(rows, params), int(params.integers(rows))

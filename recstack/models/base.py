@@ -68,18 +68,16 @@ class ModelContext:
         sequences when `sequences`), each serving every listed feature that indexes it."""
         layout = self.layout
         wanted = features if features is not None else layout.pooled + (layout.sequences if sequences else [])
-        grouped: dict[str, TableConfig] = {}
+        grouped: dict[str, tuple[int, list[str], list[str]]] = {}  # table -> (rows, pooled, sequences)
         for name in wanted:
             f = layout.feature(name)
-            table = grouped.get(f.table_name)
-            if table is None:
-                table = grouped[f.table_name] = TableConfig(
-                    f.table_name, f.num_embeddings, dim, feature_names=[], sequence_names=[],
-                    fold=f.table_name in layout.folded,
-                )
-            table.num_embeddings = max(table.num_embeddings, f.num_embeddings)
-            (table.sequence_names if f.sequence else table.feature_names).append(name)
-        return list(grouped.values())
+            rows, pooled, sequence = grouped.setdefault(f.table_name, (0, [], []))
+            (sequence if f.sequence else pooled).append(name)
+            grouped[f.table_name] = (max(rows, f.num_embeddings), pooled, sequence)
+        return [
+            TableConfig(table, rows, dim, feature_names=pooled, sequence_names=sequence, fold=table in layout.folded)
+            for table, (rows, pooled, sequence) in grouped.items()
+        ]
 
     def embeddings(self, tables: list[TableConfig]) -> EmbeddingCollection:
         return DenseEmbeddingCollection(tables, self.optimizer, device=self.device)
@@ -148,10 +146,14 @@ class RecModel(nn.Module):
             if discard is not None:
                 discard()
 
-    @torch.no_grad()
     def measured_flops_per_sample(self, batch: Batch) -> float:
         """Forward FLOPs per sample counted by torch's FLOP counter on a real batch (matmuls,
         attention and recurrent steps included; embedding gathers are bytes, not FLOPs)."""
+        return sum(self.flops_by_family(batch).values())
+
+    @torch.no_grad()
+    def flops_by_family(self, batch: Batch) -> dict[str, float]:
+        """Forward FLOPs per sample split by operator family ("other" for undeclared layers)."""
         was_training = self.training
         self.eval()
         try:
@@ -159,7 +161,41 @@ class RecModel(nn.Module):
                 self(batch)
         finally:
             self.train(was_training)
-        return counter.get_total_flops() / max(batch.batch_size, 1)
+        per_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+        root = type(self).__name__
+        out = dict.fromkeys(FAMILIES, 0.0)
+        for name, family in family_modules(self).items():
+            out[family] += per_module.get(f"{root}.{name}", 0)
+        out["other"] = counter.get_total_flops() - sum(out.values())
+        n = max(batch.batch_size, 1)
+        return {k: v / n for k, v in out.items()}
+
+
+FAMILIES = ("embedding", "mlp", "interaction", "attention")
+"""Operator families of the characterization (Gupta et al. HPCA 2020): a layer declares its own with a
+class attribute `family`; every EmbeddingCollection is "embedding"."""
+
+
+def family_of(module: nn.Module) -> str | None:
+    return "embedding" if isinstance(module, EmbeddingCollection) else getattr(type(module), "family", None)
+
+
+def family_modules(model: nn.Module) -> dict[str, str]:
+    """Qualified name -> family of the outermost modules that declare one (an attention unit's inner
+    MLP counts as attention)."""
+    found: dict[str, str] = {}
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        for name, child in module.named_children():
+            qualified = f"{prefix}.{name}" if prefix else name
+            family = family_of(child)
+            if family is not None:
+                found[qualified] = family
+            else:
+                visit(child, qualified)
+
+    visit(model, "")
+    return found
 
 
 def embedding_collections(module: nn.Module) -> list[EmbeddingCollection]:

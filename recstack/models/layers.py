@@ -1,4 +1,5 @@
-"""Layers shared by the model zoo: MLPs and feature interactions."""
+"""Layers shared by the model zoo: MLPs, feature interactions (dot, concatenation, DCN-v2 cross,
+FM second order) and the wide (first-order linear) part over sparse ids and dense features."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import math
 import torch
 from torch import nn
 
+from recstack.data.batch import JaggedFeatures
+from recstack.embeddings import EmbeddingCollection
 from recstack.errors import ConfigError
+from recstack.models.base import ModelContext
 
 
 def require_logit(name: str, widths: list[int]) -> None:
@@ -39,6 +43,8 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
         self.widths = list(widths)
 
+    family = "mlp"
+
     def flops_per_sample(self) -> int:
         """Forward multiply-adds x 2."""
         return sum(2 * a * b for a, b in zip(self.widths[:-1], self.widths[1:]))
@@ -48,6 +54,8 @@ class DotInteraction(nn.Module):
     """DLRM's interaction: pairwise dot products of the dense vector and every pooled embedding,
     concatenated to the dense vector. Input [B, D] and [B, F, D]; output [B, D + (F+1)F/2] (strict
     lower triangle) or [B, D + (F+1)(F+2)/2] with `self_interaction`."""
+
+    family = "interaction"
 
     def __init__(self, num_features: int, dim: int, self_interaction: bool = False):
         super().__init__()
@@ -94,6 +102,8 @@ class _PairwiseDots(torch.autograd.Function):
 class CatInteraction(nn.Module):
     """Concatenation of the dense vector and every pooled embedding."""
 
+    family = "interaction"
+
     def __init__(self, num_features: int, dim: int):
         super().__init__()
         self.output_dim = (num_features + 1) * dim
@@ -103,3 +113,103 @@ class CatInteraction(nn.Module):
 
     def flops_per_sample(self) -> int:
         return 0
+
+
+class CrossLayer(nn.Module):
+    """One DCN-v2 cross layer (Wang et al. 2021): x_{l+1} = x0 * (W x_l + b) + x_l.
+
+    W is full rank [d, d], or U V^T of rank r (V: d -> r, U: r -> d) when 0 < rank < d; a rank at
+    or above d spans no more than the full matrix, so it is built full rank. Initialized as TorchRec's
+    CrossNet: Xavier-normal weights, zero bias (each layer starts near the identity x_{l+1} ~ x_l)."""
+
+    def __init__(self, dim: int, rank: int = 0):
+        super().__init__()
+        self.dim = dim
+        self.rank = rank if 0 < rank < dim else 0
+        if self.rank:
+            self.project: nn.Module = nn.Sequential(nn.Linear(dim, self.rank, bias=False), nn.Linear(self.rank, dim))
+        else:
+            self.project = nn.Linear(dim, dim)
+        with torch.no_grad():
+            for module in self.project.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.xavier_normal_(module.weight)
+                    if module.bias is not None:
+                        module.bias.zero_()
+
+    def forward(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x0 * self.project(x) + x
+
+    def flops_per_sample(self) -> int:
+        matmul = 2 * self.dim * (2 * self.rank if self.rank else self.dim)
+        return matmul + 3 * self.dim  # bias add, product with x0, residual
+
+
+class CrossNetwork(nn.Module):
+    """`layers` cross layers on one input: [B, d] -> [B, d], every layer crossing with x0."""
+
+    family = "interaction"
+
+    def __init__(self, dim: int, layers: int, rank: int = 0):
+        super().__init__()
+        self.layers = nn.ModuleList(CrossLayer(dim, rank) for _ in range(layers))
+        self.output_dim = dim
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        x = x0
+        for layer in self.layers:
+            x = layer(x0, x)
+        return x
+
+    def flops_per_sample(self) -> int:
+        return sum(layer.flops_per_sample() for layer in self.layers)
+
+
+class FMInteraction(nn.Module):
+    """A factorization machine's second-order term over field vectors [B, F, D] (Rendle 2010):
+    sum over pairs i < j of <v_i, v_j> = 0.5 * sum over d of ((sum_i v_i)^2 - sum_i v_i^2), in O(F D).
+    Output [B, 1] (a logit term)."""
+
+    family = "interaction"
+
+    def __init__(self, num_fields: int, dim: int):
+        super().__init__()
+        self.num_fields, self.dim = num_fields, dim
+
+    def forward(self, fields: torch.Tensor) -> torch.Tensor:
+        square_of_sum = fields.sum(1).square()
+        sum_of_squares = fields.square().sum(1)
+        return 0.5 * (square_of_sum - sum_of_squares).sum(1, keepdim=True)
+
+    def flops_per_sample(self) -> int:
+        return 3 * self.num_fields * self.dim + 3 * self.dim
+
+
+class WideLinear(nn.Module):
+    """The wide (first-order, linear) part of Wide & Deep and DeepFM: one learned weight per sparse
+    id, summed over the features, plus a linear map of the dense features and a bias.
+
+    The per-id weights are rows of an EmbeddingCollection of width `outputs` (one column per task:
+    a multi-task model gets a wide part per task from one lookup), so they live wherever the
+    context places tables and train with the fused sparse optimizer. Output [B, outputs]."""
+
+    def __init__(self, embeddings: EmbeddingCollection, num_dense: int):
+        super().__init__()
+        self.embeddings = embeddings
+        self.outputs = embeddings.tables[0].embedding_dim
+        self.dense = nn.Linear(num_dense, self.outputs)
+        with torch.no_grad():  # a linear model starts at zero; the sparse weights keep their tables' init
+            self.dense.weight.zero_()
+            self.dense.bias.zero_()
+
+    def forward(self, dense: torch.Tensor, sparse: JaggedFeatures) -> torch.Tensor:
+        return self.dense(dense) + self.embeddings(sparse).sum(1)
+
+    def flops_per_sample(self) -> int:
+        return 2 * self.dense.in_features * self.outputs + len(self.embeddings.feature_names) * self.outputs
+
+
+def wide_linear(ctx: ModelContext, outputs: int = 1) -> WideLinear:
+    """The wide part over every pooled sparse feature and every dense feature of the context's data,
+    its per-id weights in tables of width `outputs` that the context places."""
+    return WideLinear(ctx.embeddings(ctx.tables(outputs, sequences=False)), len(ctx.layout.dense))
