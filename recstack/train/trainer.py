@@ -107,23 +107,26 @@ def evaluate_rows(
 
 @dataclass
 class _Window:
-    """Loss and rate since the last progress line."""
+    """Loss and rate since the last progress line. Losses stay on the device until the line is
+    written: reading each one would make the host wait for every step's kernels (a sync per step)."""
 
-    loss: float = 0.0
-    steps: int = 0
+    losses: list[torch.Tensor] = field(default_factory=list)
     samples: int = 0
     seconds: float = 0.0
 
-    def add(self, loss: float, samples: int, seconds: float) -> None:
-        self.loss += loss
-        self.steps += 1
+    @property
+    def steps(self) -> int:
+        return len(self.losses)
+
+    def add(self, loss: torch.Tensor, samples: int, seconds: float) -> None:
+        self.losses.append(loss)
         self.samples += samples
         self.seconds += seconds
 
     def flush(self) -> dict[str, float]:
-        out = {"loss": self.loss / max(self.steps, 1), "samples_per_s": self.samples / max(self.seconds, 1e-9),
-               "steps": self.steps}
-        self.loss, self.steps, self.samples, self.seconds = 0.0, 0, 0, 0.0
+        loss = float(torch.stack(self.losses).float().mean()) if self.losses else 0.0
+        out = {"loss": loss, "samples_per_s": self.samples / max(self.seconds, 1e-9), "steps": self.steps}
+        self.losses, self.samples, self.seconds = [], 0, 0.0
         return out
 
 
@@ -370,7 +373,7 @@ class Trainer:
                     s.samples += batch.batch_size
                     now = time.perf_counter()
                     s.train_seconds += now - last
-                    window.add(float(loss), batch.batch_size, now - last)
+                    window.add(loss, batch.batch_size, now - last)
                     epoch_done = s.batch_in_epoch >= self.steps_per_epoch
                     if epoch_done:
                         s.epoch += 1
