@@ -144,6 +144,10 @@ def test_train_with_fae_reports_its_counters(tmp_path):
     assert 0 < fae["hot_input_fraction"] < 1 and fae["hot_rows"] > 0
     assert fae["switches"] >= 2 and fae["bytes_synced"] >= fae["switches"] * fae["hot_bytes"]
     assert report["throughput"]["steps"] == report["training"]["epochs_completed"] * (report["throughput"]["steps"] // 2)
+    # every step is a hot or a cold one, and their times make up the training time
+    assert fae["hot_steps"] > 0 and fae["cold_steps"] > 0
+    assert fae["hot_steps"] + fae["cold_steps"] == report["throughput"]["steps"]
+    assert fae["hot_seconds"] + fae["cold_seconds"] == pytest.approx(report["throughput"]["train_seconds"])
     assert (data / "hotcold" / "summary.json").is_file()
     assert report["metrics"]["auc"] > 0.6
 

@@ -162,6 +162,10 @@ def train(
             "sample": hotcold.summary.get("sample"),
             "switch_period": config.fae.switch_period or None,
             **model.embeddings.stats(),
+            "hot_seconds": state.seconds_by_kind.get("hot", 0.0),
+            "cold_seconds": state.seconds_by_kind.get("cold", 0.0),
+            "hot_steps": state.steps_by_kind.get("hot", 0),
+            "cold_steps": state.steps_by_kind.get("cold", 0),
         }
     report_path = Path(report_path) if report_path else run_dir / "report.json"
     write_report(report_path, report)

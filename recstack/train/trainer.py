@@ -139,6 +139,9 @@ class TrainState:
     batch_in_epoch: int = 0
     samples: int = 0
     train_seconds: float = 0.0
+    seconds_by_kind: dict[str, float] = field(default_factory=dict)
+    """FAE: training time (host clock) of hot and of cold batches."""
+    steps_by_kind: dict[str, int] = field(default_factory=dict)
     best_auc: float = -math.inf
     best_step: int = -1
     evals_since_best: int = 0
@@ -373,6 +376,10 @@ class Trainer:
                     s.samples += batch.batch_size
                     now = time.perf_counter()
                     s.train_seconds += now - last
+                    if self.fae_batches is not None:
+                        kind = self.model.embeddings.mode
+                        s.seconds_by_kind[kind] = s.seconds_by_kind.get(kind, 0.0) + now - last
+                        s.steps_by_kind[kind] = s.steps_by_kind.get(kind, 0) + 1
                     window.add(loss, batch.batch_size, now - last)
                     epoch_done = s.batch_in_epoch >= self.steps_per_epoch
                     if epoch_done:
