@@ -32,7 +32,8 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     from recstack.train.run import train
 
     config = _config_from(args, extra)
-    train(config, checkpoint_dir=args.checkpoint_dir, resume=args.resume, report_path=args.report)
+    train(config, checkpoint_dir=args.checkpoint_dir, resume=args.resume, report_path=args.report,
+          baselines=args.baseline)
     return 0
 
 
@@ -164,7 +165,10 @@ def _no_extra(extra: list[str]) -> None:
 # defines `add_arguments(parser)` and `run(args, extra) -> int`, and imports its heavy parts in `run`.
 PLUGGED: list[tuple[tuple[str, ...], str, str, str]] = [
     (("data", "prepare"), "movielens", "recstack.data.movielens", "MovieLens ratings (ml-100k, ml-1m): leave-one-out with sampled negatives"),
+    (("data", "prepare"), "amazon", "recstack.data.amazon", "Amazon Electronics in the DIN format: behaviour histories, categories"),
+    (("data", "prepare"), "taobao", "recstack.data.taobao", "Taobao UserBehavior: click sequences with sampled negatives"),
     ((), "models", "recstack.analyze.zoo_report", "the model zoo: parameters, bytes, FLOPs per sample, class"),
+    ((), "profile", "recstack.analyze.profile", "a few training steps under torch.profiler, time by operator family"),
 ]
 
 
@@ -199,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-dir", metavar="DIR", help="write checkpoints here")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --checkpoint-dir")
     train.add_argument("--seed", type=int, help="the one seed for data order, initialization and synthetic data")
+    train.add_argument("--baseline", action="append", metavar="SPEC",
+                       help="also train and report a baseline: KEY=VALUE overrides (e.g. model.sequence_pooling=sum) "
+                       "or popularity[:FEATURE]; repeatable")
     _add_common(train)
     train.set_defaults(func=cmd_train)
 

@@ -112,3 +112,31 @@ def test_models_command_report(tmp_path):
         assert {"name", "params", "embedding_bytes", "flops_per_sample", "embedding_bytes_per_sample", "class"} <= set(m)
     assert main(["models", "no-such-model"]) == 2
     assert set(ZOO) <= set(PRESETS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["rmc1", "rmc2", "rmc3", "ncf", "wnd", "mtwnd", "din", "dien"])
+def test_published_size_presets_train_on_a_24_gib_machine(preset, tmp_path):
+    """Every DeepRecSys preset at its production size (up to 4.1 GB of fp32 tables) builds and takes
+    training steps on synthetic data, within the memory of a 24 GiB machine."""
+    import resource
+    import subprocess
+    import sys
+
+    report = tmp_path / "r.json"
+    code = (
+        "import resource, sys; from recstack.cli import main; rc = main(sys.argv[1:]); "
+        "print('peak_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "train", "--model.preset", preset, "--data.synth_rows", "8192",
+         "--train.max_steps", "8", "--train.batch_size", "256", "--report", str(report), "--quiet"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    del resource
+    peak_gib = int(proc.stdout.split("peak_kib")[-1]) / 2**20
+    result = json.loads(report.read_text())
+    assert result["model"]["embedding_bytes"] >= 0.08e9  # NCF's 86 MB is the smallest
+    assert result["throughput"]["steps"] == 8
+    assert peak_gib < 20, f"{preset} peaked at {peak_gib:.1f} GiB"

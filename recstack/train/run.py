@@ -103,12 +103,17 @@ def train(
     resume: bool = False,
     report_path: str | Path | None = None,
     run_dir: str | Path | None = None,
+    baselines: list[str] | None = None,
 ) -> dict[str, Any]:
+    """`baselines`: specs of recstack.train.baselines, trained and scored after the main model."""
+    from recstack.train.baselines import parse_baselines, print_baselines, run_baselines
+
     torch.manual_seed(config.seed)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     synthesized = not config.data.path
     dataset = open_dataset(config)
+    compared = parse_baselines(baselines or [], config, dataset)
     run_dir = Path(run_dir) if run_dir else (Path(report_path).parent if report_path else default_run_dir())
     if config.train.checkpoint_every and checkpoint_dir is None:
         raise ConfigError("train.checkpoint_every needs --checkpoint-dir (where to write the checkpoints)")
@@ -167,11 +172,15 @@ def train(
             "hot_steps": state.steps_by_kind.get("hot", 0),
             "cold_steps": state.steps_by_kind.get("cold", 0),
         }
+    if compared:
+        report["baselines"] = run_baselines(compared, config, dataset, trainer)
     report_path = Path(report_path) if report_path else run_dir / "report.json"
     write_report(report_path, report)
     report["report_path"] = str(report_path)
     if not is_quiet():
         print_summary(report)
+        if compared:
+            print_baselines(report)
     return report
 
 
