@@ -169,6 +169,7 @@ PLUGGED: list[tuple[tuple[str, ...], str, str, str]] = [
     (("data", "prepare"), "taobao", "recstack.data.taobao", "Taobao UserBehavior: click sequences with sampled negatives"),
     ((), "models", "recstack.analyze.zoo_report", "the model zoo: parameters, bytes, FLOPs per sample, class"),
     ((), "profile", "recstack.analyze.profile", "a few training steps under torch.profiler, time by operator family"),
+    ((), "serve", "recstack.serve.server", "serve a model over HTTP: JSON ranking API, Prometheus metrics, load shedding"),
 ]
 
 

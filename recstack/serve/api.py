@@ -1,0 +1,242 @@
+"""The HTTP API's request and response bodies, and the encoder from a JSON query to a Batch.
+
+A query names features by the model's schema: a `shared` part (the user and context, one value
+per feature, the same for every candidate) and `candidates` (one column per feature, N values:
+the N items to rank). Every schema feature appears in exactly one of the two. Values by kind:
+
+- dense: a finite number (the model's input value: for Criteo, log(1 + max(x, 0)), as prepared);
+- id: an integer id in [0, num_embeddings) (data without a vocabulary: synthetic, pre-encoded);
+- raw: a raw categorical value as a string, mapped through the checkpoint's vocabulary (unseen ->
+  the OOV id 0, "" -> the missing id 1) or hashed as at training time; Criteo values are the hex
+  keys of the TSV, other tables' values their text.
+
+A sparse value is one id (or raw value) or a list of them (a bag); a feature of fixed bag length
+L takes exactly L per candidate, a variable-length one (a behaviour sequence, oldest first) any
+number. Every check fails with a RequestError that names the feature and what was wrong (HTTP 422).
+"""
+
+from __future__ import annotations
+
+import re
+from itertools import chain
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, WithJsonSchema
+
+from recstack.data.batch import Batch, JaggedFeatures
+from recstack.data.store import Schema
+from recstack.errors import RecstackError
+
+_SCALAR = {"anyOf": [{"type": "number"}, {"type": "integer"}, {"type": "string"}]}
+_VALUE = {"anyOf": [_SCALAR, {"type": "array", "items": _SCALAR}]}
+FeatureValue = Annotated[Any, WithJsonSchema(_VALUE)]
+"""A number (dense), an id or raw value, or a list of ids or raw values (a bag)."""
+FeatureColumn = Annotated[list[Any], WithJsonSchema({"type": "array", "items": _VALUE, "minItems": 1})]
+
+
+class RankRequest(BaseModel):
+    """One query: features shared by all candidates, and one column per candidate feature."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"shared": {"user_profile": [3, 17, 5], "hist_item": [40, 41, 7]},
+                      "candidates": {"item": [12, 99, 5], "context": [[1, 2, 3], [4, 5, 6], [7, 8, 9]]}}]})
+
+    shared: dict[str, FeatureValue] = Field(default_factory=dict, description="feature -> one value for all candidates")
+    candidates: dict[str, FeatureColumn] = Field(description="feature -> N values, one per candidate, in order")
+
+
+class RankBatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    queries: list[RankRequest] = Field(description="queries answered together (admitted or shed together)")
+
+
+class SyntheticRequest(BaseModel):
+    """A query of `size` candidates drawn by the server (load tests without client-side features)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size: StrictInt = Field(description="candidates to draw and rank (1 .. the server's max candidates)")
+    seed: StrictInt | None = Field(default=None, description="seed of the draw (default: the server's own stream)")
+
+
+Scores = list[float] | list[list[float]]
+
+
+class RankResponse(BaseModel):
+    scores: Scores = Field(description="P(click) per candidate, in request order ([N], or [N, tasks])")
+
+
+class RankBatchResponse(BaseModel):
+    results: list[RankResponse]
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+class RequestError(RecstackError):
+    """A request the API cannot take (HTTP 422)."""
+
+
+_HEX = re.compile(r"[0-9a-fA-F]{1,16}")
+
+
+def _wrong_types(values: list[Any], *allowed: type) -> str:
+    """The JSON type names among `values` that are not `allowed`."""
+    json_names = {bool: "bool", type(None): "null", str: "string", int: "integer", float: "number", list: "list",
+                  dict: "object"}
+    wrong = {json_names.get(t, t.__name__) for t in set(map(type, values)) - set(allowed)}
+    return ", ".join(sorted(wrong))
+
+
+def _all_of(values: list[Any], *types: type) -> bool:
+    """Exact type check (a JSON true is not the integer 1)."""
+    return set(map(type, values)) <= set(types)
+
+
+class RequestEncoder:
+    """JSON queries -> Batches for one model's schema and vocabularies."""
+
+    def __init__(self, schema: Schema, vocab: dict[str, np.ndarray] | None = None, max_candidates: int = 4096):
+        self.schema = schema
+        self.max_candidates = max_candidates
+        vocab = vocab or {}
+        self.hash_buckets = schema.info.get("hash_buckets") if schema.info.get("mode") == "hash" else None
+        self.hex_keys = (schema.info.get("source") or {}).get("format") == "criteo-tsv"
+        self._vocab = {}
+        if vocab:
+            from recstack.data.vocab import VocabIndex
+
+            self._vocab = {name: VocabIndex(values) for name, values in vocab.items()}
+        self.kinds: dict[str, str] = {name: "dense" for name in schema.dense_names}
+        for f in schema.sparse:
+            self.kinds[f.name] = "raw" if f.name in self._vocab or self.hash_buckets else "id"
+
+    def describe(self) -> dict[str, Any]:
+        """The features a query must give (GET /v1/schema)."""
+        features = [{"name": name, "kind": "dense"} for name in self.schema.dense_names]
+        for f in self.schema.sparse:
+            features.append({"name": f.name, "kind": self.kinds[f.name], "num_embeddings": f.num_embeddings,
+                             "bag_length": f.length, "sequence": f.sequence})
+        raw = "hex keys as in the Criteo TSV" if self.hex_keys else "the value's text (hashed as at training time)"
+        return {"features": features, "tasks": list(self.schema.label_names), "raw_values": raw,
+                "max_candidates": self.max_candidates}
+
+    # --- one query ----------------------------------------------------------------------------
+
+    def encode(self, request: RankRequest) -> Batch:
+        shared, columns = request.shared, request.candidates
+        names = set(self.kinds)
+        unknown = sorted((set(shared) | set(columns)) - names)
+        if unknown:
+            raise RequestError(f"unknown features {unknown[:10]}; this model reads {sorted(names)[:40]}")
+        both = sorted(set(shared) & set(columns))
+        if both:
+            raise RequestError(f"features {both[:10]} are given both in shared and in candidates; give each once")
+        if not columns:
+            raise RequestError("candidates is empty: give at least one feature column with one value per candidate")
+        sizes = {len(column) for column in columns.values()}
+        if len(sizes) > 1:
+            raise RequestError(f"candidate columns have different lengths {sorted(sizes)[:10]}; each needs one value per candidate")
+        n = sizes.pop()
+        if n < 1:
+            raise RequestError("the candidate list is empty: a query ranks at least one candidate")
+        if n > self.max_candidates:
+            raise RequestError(f"{n} candidates in one query; this server takes at most {self.max_candidates}")
+        missing = [name for name in self.kinds if name not in shared and name not in columns]
+        if missing:
+            raise RequestError(f"missing features {missing[:10]}: give each in shared or in candidates")
+        dense = np.zeros((n, len(self.schema.dense_names)), dtype=np.float32)
+        for j, name in enumerate(self.schema.dense_names):
+            dense[:, j] = self._dense(name, shared[name], n, "shared") if name in shared else self._dense(
+                name, columns[name], n, "candidates")
+        values, lengths = [], []
+        for f in self.schema.sparse:
+            if f.name in shared:
+                bag_ids = self._ids(f.name, self._bag(shared[f.name]), "shared")
+                ids, counts = np.tile(bag_ids, n), np.full(n, bag_ids.size, dtype=np.int64)
+            else:
+                flat, counts = self._column_bags(f.name, columns[f.name])
+                ids = self._ids(f.name, flat, "candidates")
+            if f.length is not None and np.any(counts != f.length):
+                bad = int(counts[np.flatnonzero(counts != f.length)[0]])
+                raise RequestError(f"feature {f.name} takes exactly {f.length} id(s) per candidate, got a bag of {bad}")
+            values.append(ids)
+            lengths.append(counts)
+        sparse = JaggedFeatures(
+            list(self.schema.sparse_names),
+            torch.from_numpy(np.concatenate(values) if values else np.zeros(0, np.int64)),
+            torch.from_numpy(np.concatenate(lengths).astype(np.int32) if lengths else np.zeros(0, np.int32)),
+            n,
+        )
+        return Batch(torch.from_numpy(dense), sparse, torch.zeros(n))
+
+    # --- values -------------------------------------------------------------------------------
+
+    def _dense(self, name: str, value: Any, n: int, where: str) -> np.ndarray:
+        items = [value] if where == "shared" else value
+        if not _all_of(items, int, float):
+            raise RequestError(f"{where}.{name}: dense values must be numbers, got {_wrong_types(items, int, float)}")
+        try:
+            column = np.asarray(items, dtype=np.float64).astype(np.float32)
+        except OverflowError:
+            raise RequestError(f"{where}.{name}: a dense value is out of range") from None
+        if not np.isfinite(column).all():
+            raise RequestError(f"{where}.{name}: dense values must be finite (no NaN, no infinity, within float32)")
+        return column if where == "candidates" else np.full(n, column[0], dtype=np.float32)
+
+    @staticmethod
+    def _bag(value: Any) -> list[Any]:
+        return value if type(value) is list else [value]
+
+    def _column_bags(self, name: str, column: list[Any]) -> tuple[list[Any], np.ndarray]:
+        """(flat values, bag sizes) of a candidate column of scalars and/or lists."""
+        if list not in set(map(type, column)):
+            return column, np.ones(len(column), dtype=np.int64)
+        bags = [v if type(v) is list else [v] for v in column]
+        return list(chain.from_iterable(bags)), np.fromiter(map(len, bags), dtype=np.int64, count=len(bags))
+
+    def _ids(self, name: str, values: list[Any], where: str) -> np.ndarray:
+        """Embedding ids of a feature's values (range-checked ids, or raw values encoded)."""
+        feature = self.schema.feature(name)
+        if self.kinds[name] == "id":
+            if not _all_of(values, int):
+                raise RequestError(f"{where}.{name}: ids must be integers, got {_wrong_types(values, int)}")
+            try:
+                ids = np.asarray(values, dtype=np.int64)
+            except OverflowError:
+                raise RequestError(f"{where}.{name}: an id is out of range [0, {feature.num_embeddings})") from None
+            if ids.size and (ids.min() < 0 or ids.max() >= feature.num_embeddings):
+                bad = int(ids[(ids < 0) | (ids >= feature.num_embeddings)][0])
+                raise RequestError(f"{where}.{name}: id {bad} is out of range [0, {feature.num_embeddings})")
+            return ids
+        if not _all_of(values, str):
+            raise RequestError(f"{where}.{name}: raw categorical values must be strings, got {_wrong_types(values, str)}")
+        return self._encode_raw(name, values, where)
+
+    def _encode_raw(self, name: str, values: list[str], where: str) -> np.ndarray:
+        from recstack.data.vocab import encode_hash, encode_vocab
+
+        if not values:
+            return np.zeros(0, dtype=np.int64)
+        if self.hex_keys:
+            distinct, inverse = np.unique(np.asarray(values, dtype=str), return_inverse=True)
+            keys = np.zeros(len(distinct), dtype=np.uint64)
+            for i, text in enumerate(distinct.tolist()):
+                if text and not _HEX.fullmatch(text):
+                    raise RequestError(f"{where}.{name}: {text[:40]!r} is not a Criteo categorical value (1-16 hex digits)")
+                keys[i] = int(text, 16) if text else 0
+            raw, missing = keys[inverse.reshape(-1)], (distinct == "")[inverse.reshape(-1)]
+        else:
+            from recstack.data.table import hash_keys
+
+            raw, missing = hash_keys(values)
+        if name in self._vocab:
+            ids = encode_vocab(raw, missing, self._vocab[name])
+        else:
+            ids = encode_hash(raw, missing, int(self.hash_buckets))
+        return ids.astype(np.int64)
+
