@@ -115,7 +115,7 @@ def test_models_command_report(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["rmc1", "rmc2", "rmc3", "ncf", "wnd", "mtwnd", "din", "dien"])
+@pytest.mark.parametrize("preset", ["rmc1", "rmc2", "rmc3", "ncf", "wnd", "mtwnd", "din", "dien", "dcn-v2", "deepfm"])
 def test_published_size_presets_train_on_a_24_gib_machine(preset, tmp_path):
     """Every DeepRecSys preset at its production size (up to 4.1 GB of fp32 tables) builds and takes
     training steps on synthetic data, within the memory of a 24 GiB machine."""

@@ -846,3 +846,7 @@ def with_tasks(preset: str | SynthPreset, num_tasks: int, name: str | None = Non
     """A copy of a preset with another number of label tasks (each with its own true weights)."""
     base = get_preset(preset)
     return replace(base, num_tasks=num_tasks, name=name or f"{base.name}-{num_tasks}task")
+
+
+# two label tasks on the Criteo shapes: the multi-task recipe's data (configs/mtwnd-synth.yaml)
+register_preset(with_tasks("criteo-kaggle", 2))
