@@ -33,3 +33,13 @@ def test_profile_bad_arguments_are_one_line_errors(capsys):
     assert main(["profile", "--model", "no-such-model"]) == 2
     assert main(["profile", "--model", "tiny", "--steps", "0"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_profile_attention_model_charges_attention_and_sequence_lookups(tmp_path):
+    report = tmp_path / "din.json"
+    assert main(["profile", "--model", "din", "--model.scale", "0.0001", "--steps", "3", "--warmup", "1",
+                 "--train.batch_size", "128", "--report", str(report), "--quiet"]) == 0
+    r = json.loads(report.read_text())
+    assert r["seconds"]["attention"] > r["seconds"]["mlp"] > 0  # the activation unit runs per history item
+    assert r["backward_seconds"]["attention"] > 0
+    assert r["seconds"]["embedding"] > 0 and r["seconds"]["interaction"] == 0

@@ -38,7 +38,19 @@ class _Ranges:
             module = modules[name]
             self.handles.append(module.register_forward_pre_hook(self._opener(f"family::{family}")))
             self.handles.append(module.register_forward_hook(self._closer()))
+            if family == "embedding":  # behaviour sequences are looked up by a method, not forward
+                self._wrap_sequences(module)
         self._open: list[Any] = []
+
+    def _wrap_sequences(self, collection: nn.Module) -> None:
+        lookup = collection.sequences
+
+        def sequences(*args, **kwargs):
+            with record_function("family::embedding"):
+                return lookup(*args, **kwargs)
+
+        collection.sequences = sequences
+        self.handles.append(_Unwrap(collection))
 
     def _opener(self, label: str):
         def hook(*_):
@@ -58,6 +70,16 @@ class _Ranges:
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
+
+
+class _Unwrap:
+    """Removes an instance-level method wrapper, like a hook handle."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def remove(self) -> None:
+        del self.module.sequences
 
 
 BACKWARD_NODE = "autograd::engine::evaluate_function: "
