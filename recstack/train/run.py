@@ -192,14 +192,22 @@ def print_summary(report: dict[str, Any]) -> None:
     for col in ("AUC", "log loss", "NE", "accuracy", "rows"):
         table.add_column(col, justify="right")
     for split, m in report["metrics_by_split"].items():
-        table.add_row(split, f"{m['auc']:.4f}", f"{m['logloss']:.4f}", f"{m['ne']:.4f}", f"{m['accuracy']:.4f}", f"{m['count']:,}")
+        # a multi-task model: one row per task (the split's top line is its first task)
+        rows = [(f"{split} {task}", tm) for task, tm in m["tasks"].items()] if "tasks" in m else [(split, m)]
+        for name, tm in rows:
+            table.add_row(name, f"{tm['auc']:.4f}", f"{tm['logloss']:.4f}", f"{tm['ne']:.4f}", f"{tm['accuracy']:.4f}",
+                          f"{tm['count']:,}")
     true_auc = report["data"]["info"].get("true_auc")
-    if isinstance(true_auc, dict):  # multi-task synthetic data: the first task's
-        true_auc = next(iter(true_auc.values()), None)
     if true_auc is not None:
-        table.add_row("true model", f"{float(true_auc):.4f}", "", "", "", "", style="dim")
+        per_task = true_auc.items() if isinstance(true_auc, dict) else [("", true_auc)]
+        for task, auc in per_task:
+            table.add_row(f"true model {task}".strip(), f"{float(auc):.4f}", "", "", "", "", style="dim")
         table.caption = "true model: the generator's own probabilities, the best any model can reach"
     console.print(table)
+    for split, m in report["metrics_by_split"].items():
+        if "hr_at_10" in m:
+            console.print(f"{split} ranking: HR@10 {m['hr_at_10']:.4f}  NDCG@10 {m['ndcg_at_10']:.4f} "
+                          f"({m['ranking_users']:,} users x {m['ranking_candidates']} candidates)")
     t = report["throughput"]
     rate = f"{t['samples_per_s']:,.0f}" if t["samples_per_s"] else "n/a"
     console.print(f"{t['samples']:,} samples in {t['train_seconds']:.1f} s of training ({rate} samples/s)")
