@@ -1,0 +1,153 @@
+"""A `QueryTarget` that sends each query to a running `recstack serve` (POST /v1/rank/synthetic: the
+server draws the query's candidates, so a load test needs no client-side features).
+
+Requests go out from one asyncio event loop in a thread of its own, over a pool of keep-alive
+connections, so `submit` never blocks the load generator's scheduler. The client speaks the little
+HTTP/1.1 it needs over asyncio streams: a general client (httpx) costs 5-10 ms more per request on a
+busy 2-core machine, which would be charged to the server. A 503 is a rejection (the server shed the
+query); any other failure is an error with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from recstack.errors import ConfigError
+from recstack.serve.protocol import Completion, Query
+
+SYNTHETIC_PATH = "/v1/rank/synthetic"
+
+
+class HttpError(Exception):
+    """The connection broke or the response was not HTTP/1.1 as expected."""
+
+
+class _Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+
+    async def request(self, payload: bytes) -> tuple[int, bytes, bool]:
+        """Send one request; (status, body, whether the server keeps the connection open)."""
+        self.writer.write(payload)
+        await self.writer.drain()
+        status_line = await self.reader.readline()
+        parts = status_line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+            raise HttpError(f"not an HTTP response: {status_line[:60]!r}" if status_line else "connection closed")
+        headers: dict[bytes, bytes] = {}
+        while (line := await self.reader.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+            body = b""
+            while size := int((await self.reader.readline()).split(b";")[0], 16):
+                body += await self.reader.readexactly(size)
+                await self.reader.readline()
+            await self.reader.readline()
+        else:
+            body = await self.reader.readexactly(int(headers.get(b"content-length", b"0")))
+        return int(parts[1]), body, headers.get(b"connection", b"").lower() != b"close"
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class HttpTarget:
+    def __init__(self, url: str, *, max_connections: int = 512, timeout_s: float = 60.0):
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ConfigError(f"--url must be http://host:port, not {url!r}")
+        self.url = url.rstrip("/")
+        self.host, self.port = parts.hostname, parts.port or 80
+        self.timeout_s = timeout_s
+        status, health = self._get("/health")
+        if status != 200 or not isinstance(health, dict):
+            raise ConfigError(f"{self.url}/health answered HTTP {status}; is it a recstack server?")
+        self.server = health.get("model")
+        self._idle: list[_Connection] = []
+        self._slots = asyncio.Semaphore(max_connections)
+        self._counts = {"sent": 0, "ok": 0, "rejected": 0, "errors": 0}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="recstack-http-target", daemon=True)
+        self._thread.start()
+
+    def _get(self, path: str) -> tuple[int, Any]:
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=10.0)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, json.loads(response.read() or b"null")
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise ConfigError(f"no recstack server answers at {self.url} ({type(exc).__name__}: {exc})",
+                              "start one with `recstack serve`") from None
+        finally:
+            connection.close()
+
+    def submit(self, query: Query, done: Callable[[Completion], None]) -> None:
+        asyncio.run_coroutine_threadsafe(self._send(query, done), self._loop)
+
+    def _payload(self, size: int) -> bytes:
+        body = b'{"size": %d}' % size
+        return (b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                % (SYNTHETIC_PATH.encode(), self.host.encode(), self.port, len(body))) + body
+
+    async def _send(self, query: Query, done: Callable[[Completion], None]) -> None:
+        self._counts["sent"] += 1
+        rejected, error = False, None
+        async with self._slots:
+            connection = None
+            try:
+                connection = self._idle.pop() if self._idle else _Connection(
+                    *await asyncio.open_connection(self.host, self.port))
+                status, body, keep = await asyncio.wait_for(connection.request(self._payload(query.size)), self.timeout_s)
+                if keep:
+                    self._idle.append(connection)
+                else:
+                    connection.close()
+                if status == 503:
+                    rejected = True
+                elif status != 200:
+                    error = f"HTTP {status}: {_detail(body)}"
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, HttpError, ValueError) as exc:
+                if connection is not None:
+                    connection.close()
+                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        finished = time.perf_counter()
+        self._counts["rejected" if rejected else "errors" if error else "ok"] += 1
+        done(Completion(query.id, query.arrival, finished, query.size, rejected=rejected, error=error))
+
+    def stats(self) -> dict[str, Any]:
+        """The client's counts and the server's /health."""
+        try:
+            health = self._get("/health")[1]
+        except ConfigError:
+            health = None
+        return {"url": self.url, "client": dict(self._counts), "server_health": health}
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+
+        async def close_idle() -> None:
+            for connection in self._idle:
+                connection.close()
+            self._idle.clear()
+
+        asyncio.run_coroutine_threadsafe(close_idle(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+
+def _detail(body: bytes) -> str:
+    try:
+        return str(json.loads(body).get("detail", ""))[:200]
+    except (ValueError, AttributeError):
+        return body[:200].decode(errors="replace")
