@@ -349,6 +349,37 @@ def test_http_target_drives_a_live_server_and_counts_503s_as_rejections():
     assert stats["client"]["ok"] == stats["server_health"]["completed"]
 
 
+def test_http_target_retries_a_kept_alive_connection_the_server_closed():
+    import socket
+
+    import uvicorn
+
+    from recstack.serve.app import create_app
+    from recstack.serve.engine import EngineConfig, InferenceEngine
+    from recstack.serve.http_target import HttpTarget
+
+    engine = InferenceEngine.from_preset("tiny", EngineConfig(workers=1), seed=1)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(engine), log_level="warning", timeout_keep_alive=1))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    try:
+        target = HttpTarget(f"http://127.0.0.1:{sock.getsockname()[1]}")
+        first = drive(target, fixed_schedule(np.zeros(4), np.full(4, 8)), lambda i, s, a: Query(i, s, a))
+        time.sleep(1.6)  # the server closes the four idle connections
+        second = drive(target, fixed_schedule(np.zeros(4), np.full(4, 8)), lambda i, s, a: Query(i, s, a))
+        target.close()
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+    for run in (first, second):
+        assert [c.error for c in run.completions] == [None] * 4 and not any(c.rejected for c in run.completions)
+
+
 def test_http_target_without_a_server_is_a_config_error():
     from recstack.serve.http_target import HttpTarget
 

@@ -29,18 +29,27 @@ class HttpError(Exception):
     """The connection broke or the response was not HTTP/1.1 as expected."""
 
 
+class StaleConnection(HttpError):
+    """The server had closed the connection before this request got any response."""
+
+
 class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.reader, self.writer = reader, writer
 
     async def request(self, payload: bytes) -> tuple[int, bytes, bool]:
         """Send one request; (status, body, whether the server keeps the connection open)."""
-        self.writer.write(payload)
-        await self.writer.drain()
-        status_line = await self.reader.readline()
+        try:
+            self.writer.write(payload)
+            await self.writer.drain()
+            status_line = await self.reader.readline()
+        except ConnectionError as exc:
+            raise StaleConnection(f"connection closed ({type(exc).__name__})") from None
+        if not status_line:
+            raise StaleConnection("connection closed")
         parts = status_line.split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
-            raise HttpError(f"not an HTTP response: {status_line[:60]!r}" if status_line else "connection closed")
+            raise HttpError(f"not an HTTP response: {status_line[:60]!r}")
         headers: dict[bytes, bytes] = {}
         while (line := await self.reader.readline()) not in (b"\r\n", b"\n", b""):
             name, _, value = line.partition(b":")
@@ -102,26 +111,40 @@ class HttpTarget:
         self._counts["sent"] += 1
         rejected, error = False, None
         async with self._slots:
-            connection = None
             try:
-                connection = self._idle.pop() if self._idle else _Connection(
-                    *await asyncio.open_connection(self.host, self.port))
-                status, body, keep = await asyncio.wait_for(connection.request(self._payload(query.size)), self.timeout_s)
-                if keep:
-                    self._idle.append(connection)
-                else:
-                    connection.close()
+                status, body = await asyncio.wait_for(self._exchange(self._payload(query.size)), self.timeout_s)
                 if status == 503:
                     rejected = True
                 elif status != 200:
                     error = f"HTTP {status}: {_detail(body)}"
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, HttpError, ValueError) as exc:
-                if connection is not None:
-                    connection.close()
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         finished = time.perf_counter()
         self._counts["rejected" if rejected else "errors" if error else "ok"] += 1
         done(Completion(query.id, query.arrival, finished, query.size, rejected=rejected, error=error))
+
+    async def _exchange(self, payload: bytes) -> tuple[int, bytes]:
+        """One request on a kept-alive connection, or a new one. A kept-alive connection the server
+        closed while it sat idle (uvicorn closes them after 5 s) fails before any response: then
+        the request goes once more, on a new connection."""
+        while self._idle:
+            try:
+                return await self._request(self._idle.pop(), payload)
+            except StaleConnection:
+                continue
+        return await self._request(_Connection(*await asyncio.open_connection(self.host, self.port)), payload)
+
+    async def _request(self, connection: _Connection, payload: bytes) -> tuple[int, bytes]:
+        try:
+            status, body, keep = await connection.request(payload)
+        except BaseException:
+            connection.close()
+            raise
+        if keep:
+            self._idle.append(connection)
+        else:
+            connection.close()
+        return status, body
 
     def stats(self) -> dict[str, Any]:
         """The client's counts and the server's /health."""
