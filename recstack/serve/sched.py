@@ -180,6 +180,8 @@ class Trial:
     confirm: list[dict[str, Any]] = field(default_factory=list)
     confirmed: bool = False
     bracketed: bool = False
+    below: float | None = None
+    """Not confirmed: the latency-bounded rate lies below this, the lowest rate tried."""
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "updates": [asdict(u) for u in self.updates]}
@@ -345,6 +347,7 @@ def deeprecsched(
                     confirmed = confirm_rate(target, trial.settled_qps, workload, target_ms, make=make, step=step,
                                              seconds=knobs.confirm_seconds, steps=knobs.confirm_steps)
                     trial.qps, trial.confirm = confirmed["qps"], confirmed["confirm"]
+                    trial.below = confirmed.get("below")
                     trial.confirmed, trial.bracketed = confirmed["confirmed"], confirmed["bracketed"]
             finally:
                 if target is not static:
@@ -356,7 +359,7 @@ def deeprecsched(
             notes += ["at the edge of the rate grid"] if trial.at_grid_edge else []
             if knobs.confirm_seconds > 0:
                 notes += [("confirmed" if trial.bracketed else "confirmed, a lower bound") if trial.confirmed
-                          else "NOT confirmed: no rate met the target"]
+                          else f"NOT confirmed: no rate down to {trial.below:.1f} met the target"]
             say(f"  b={_b(b):>5} q_thr={_q(q):>5}: {trial.qps:8.1f} queries/s  ({', '.join(notes)})")
             return trial.qps
 
@@ -377,9 +380,10 @@ def deeprecsched(
             "capacity": capacity,
             "offload": offload,
             **{name: {"qps": t.qps, "batch_size": t.config["batch_size"], "offload_threshold": t.config["offload_threshold"],
-                      "settled_qps": t.settled_qps, "confirmed": t.confirmed, "bracketed": t.bracketed}
+                      "settled_qps": t.settled_qps, "confirmed": t.confirmed, "bracketed": t.bracketed, "below": t.below}
                for name, t in picked.items()},
             "speedup": picked["tuned"].qps / picked["static"].qps if picked["static"].qps else None,
+            # None when the static configuration met the target at no rate tried (then see static.below)
             "ceiling": ceiling,
             "tuned_of_ceiling": picked["tuned"].qps / ceiling["queries_per_s"] if ceiling else None,
             "trials": [t.to_dict() for t in trials],
@@ -405,7 +409,8 @@ def confirm_rate(
     100 queries), a grid step at a time: up while the p95 meets the target, down while it misses,
     until a met rate neighbours a missed one (`bracketed`), at most `steps` steps. Returns {qps,
     confirmed, bracketed, confirm: [runs]}: qps is the highest rate that met the target (a lower
-    bound when not bracketed), or the lowest tried when none did."""
+    bound when not bracketed); when none did, 0 (and `below`: the lowest rate tried), so the climb
+    ranks the configuration under every confirmed one."""
     out: dict[str, Any] = {"confirm": [], "confirmed": False, "bracketed": False}
     direction = 0
     for _ in range(steps + 1):
@@ -422,8 +427,8 @@ def confirm_rate(
             break
         direction = move
         rate *= step ** move
-    if not out["confirmed"]:
-        out["qps"] = min(r["offered_qps"] for r in out["confirm"])
+    if not out["confirmed"]:  # no latency-bounded rate down to the lowest tried: none to claim
+        out |= {"qps": 0.0, "below": min(r["offered_qps"] for r in out["confirm"])}
     return out
 
 
@@ -560,6 +565,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the longest the controller runs for one configuration (default 30)")
     parser.add_argument("--confirm-seconds", type=float, default=defaults.confirm_seconds,
                         help="confirm each configuration's rate in steady runs this long (default 5; 0: as DeepRecSys)")
+    parser.add_argument("--confirm-steps", type=int, default=defaults.confirm_steps,
+                        help="at most this many grid steps up or down while confirming (default 8)")
     parser.add_argument("--no-ceiling", dest="ceiling", action="store_false",
                         help="skip measuring this machine's roofline for the model (about 5 s)")
     parser.add_argument("--plot", metavar="FILE.png", help="the trajectory (default: beside --report)")
@@ -574,13 +581,15 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
     if (args.target_p95_ms is not None and args.target_p95_ms <= 0) or args.target_factor <= 0:
         raise ConfigError("--target-p95-ms and --target-factor must be positive")
-    if args.granularity < 1 or args.confirm_seconds < 0 or args.trial_seconds <= 0 or args.grid_steps < 2:
+    if args.granularity < 1 or args.confirm_seconds < 0 or args.trial_seconds <= 0 or args.grid_steps < 2 \
+            or args.confirm_steps < 0:
         raise ConfigError("--granularity and --trial-seconds must be positive, --grid-steps at least 2")
     knobs = SchedKnobs(
         batch_sizes=args.batch_sizes, thresholds=args.thresholds, target_ms=args.target_p95_ms,
         target_factor=args.target_factor, granularity=args.granularity, stable_region=args.stable_region,
         grid_steps=args.grid_steps, max_updates=args.max_updates, settle_window=args.settle_window,
-        trial_seconds=args.trial_seconds, confirm_seconds=args.confirm_seconds, ceiling=args.ceiling,
+        trial_seconds=args.trial_seconds, confirm_seconds=args.confirm_seconds, confirm_steps=args.confirm_steps,
+        ceiling=args.ceiling,
     )
     make = engine_factory(args, extra)
     workload = workload_from(args)
@@ -594,9 +603,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         "seconds": time.perf_counter() - began,
     }
     tuned, static = result["tuned"], result["static"]
-    ceiling = result["ceiling"]
+    ceiling, speedup = result["ceiling"], result["speedup"]
     say(f"tuned b={_b(tuned['batch_size'])} q_thr={_q(tuned['offload_threshold'])}: {tuned['qps']:.1f} queries/s; "
-        f"static {static['qps']:.1f} queries/s ({result['speedup']:.2f}x) at p95 <= {result['target_p95_ms']:.2f} ms"
+        f"static {static['qps']:.1f} queries/s ({f'{speedup:.2f}x' if speedup else 'no static rate met it'}) "
+        f"at p95 <= {result['target_p95_ms']:.2f} ms"
         + (f"; machine roofline {ceiling['queries_per_s']:.0f} queries/s ({ceiling['bound']}-bound)" if ceiling else ""))
     plot = args.plot or (str(Path(args.report).with_suffix(".png")) if args.report else None)
     if plot:
