@@ -19,6 +19,15 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
+def save_figure(fig: Any, path: str | Path) -> tuple[Path, None]:
+    """Lay out and write a figure (creating its folder); returns plot functions' (path, no reason)."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path, None
+
+
 def plot_skew(report: dict[str, Any], path: str | Path) -> tuple[Path | None, str | None]:
     """Cumulative access curves of an `analyze skew` report body: per table (thin) and over all
     tables (thick); x: fraction of rows by popularity (log), y: share of accesses.
@@ -53,8 +62,4 @@ def plot_skew(report: dict[str, Any], path: str | Path) -> tuple[Path | None, st
     ax.grid(True, which="both", alpha=0.25)
     ncol = 2 if len(tables) > 14 else 1
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, ncol=ncol, frameon=False)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path, None
+    return save_figure(fig, path)

@@ -161,7 +161,7 @@ def profile_training(trainer, steps: int, warmup: int) -> dict[str, Any]:
 
 
 def plot_profile(result: dict[str, Any], title: str, path: str | Path) -> tuple[Path | None, str | None]:
-    from recstack.analyze.plots import NO_MATPLOTLIB, _figure
+    from recstack.analyze.plots import NO_MATPLOTLIB, _figure, save_figure
 
     try:
         fig = _figure(7.0, 3.8)
@@ -177,11 +177,7 @@ def plot_profile(result: dict[str, Any], title: str, path: str | Path) -> tuple[
     ax.set_xlabel("ms per training step")
     ax.set_title(title, fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path, None
+    return save_figure(fig, path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

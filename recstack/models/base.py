@@ -135,6 +135,11 @@ class RecModel(nn.Module):
     def embedding_collections(self) -> list[EmbeddingCollection]:
         return embedding_collections(self)
 
+    def embedding_lookups_per_sample(self) -> int:
+        """Pooled bags read per sample, plus at most `max_sequence_length` ids per behaviour sequence."""
+        cap = getattr(self, "max_sequence_length", 0)
+        return sum(len(c.feature_names) + cap * len(c.sequence_names) for c in self.embedding_collections())
+
     def apply_gradients(self, lr: float) -> None:
         """The sparse optimizer step of every table the last forward touched."""
         for collection in self.embedding_collections():

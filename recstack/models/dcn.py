@@ -66,8 +66,6 @@ class DCNv2(RecModel):
         final = self.final.flops_per_sample() if isinstance(self.final, MLP) else 0
         return self.bottom.flops_per_sample() + self.cross.flops_per_sample() + self.deep.flops_per_sample() + final
 
-    def embedding_lookups_per_sample(self) -> int:
-        return len(self.embeddings.feature_names)
 
 
 def build(ctx: ModelContext) -> DCNv2:

@@ -55,8 +55,6 @@ class DeepFM(RecModel):
         """Forward FLOPs of the dense part (first order, FM, MLP); training is about 3x."""
         return self.linear.flops_per_sample() + self.fm.flops_per_sample() + self.deep.flops_per_sample()
 
-    def embedding_lookups_per_sample(self) -> int:
-        return len(self.embeddings.feature_names) + len(self.linear.embeddings.feature_names)
 
 
 def build(ctx: ModelContext) -> DeepFM:

@@ -119,9 +119,6 @@ class BehaviourModel(RecModel):
         behaviour = self.behaviour(batch)
         return self.head(behaviour, self.interest(behaviour))
 
-    def embedding_lookups_per_sample(self) -> int:
-        """Pooled lookups plus at most max_sequence_length per sequence."""
-        return len(self.embeddings.feature_names) + self.max_sequence_length * len(self.features.sequences)
 
 
 class DIN(BehaviourModel):

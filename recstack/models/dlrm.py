@@ -52,8 +52,6 @@ class DLRM(RecModel):
         """Forward FLOPs of the dense part (MLPs and interaction); training is about 3x."""
         return self.bottom.flops_per_sample() + self.interaction.flops_per_sample() + self.top.flops_per_sample()
 
-    def embedding_lookups_per_sample(self) -> int:
-        return len(self.embeddings.feature_names)
 
 
 def build(ctx: ModelContext) -> DLRM:

@@ -53,8 +53,6 @@ class NeuMF(RecModel):
         """Forward FLOPs: the GMF product, the tower and the fusion layer."""
         return self.mf_dim + self.tower.flops_per_sample() + self.predict.flops_per_sample()
 
-    def embedding_lookups_per_sample(self) -> int:
-        return 4
 
 
 def build(ctx: ModelContext) -> NeuMF:

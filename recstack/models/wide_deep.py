@@ -65,8 +65,6 @@ class WideAndDeep(RecModel):
         heads = sum(head.flops_per_sample() for head in self.heads) if self.heads is not None else 0
         return self.wide.flops_per_sample() + self.deep.flops_per_sample() + heads
 
-    def embedding_lookups_per_sample(self) -> int:
-        return len(self.embeddings.feature_names) + len(self.wide.embeddings.feature_names)
 
 
 def _deep_embeddings(ctx: ModelContext) -> EmbeddingCollection:

@@ -545,7 +545,7 @@ def overload_run(
 def plot_latency_vs_load(runs: Sequence[dict[str, Any]], path: str | Path, target_ms: float | None = None,
                          title: str = "") -> tuple[Path | None, str | None]:
     """p50/p95/p99 latency against offered load, one point per Server run."""
-    from recstack.analyze.plots import NO_MATPLOTLIB, _figure
+    from recstack.analyze.plots import NO_MATPLOTLIB, _figure, save_figure
 
     try:
         fig = _figure(7.5, 4.8)
@@ -567,11 +567,7 @@ def plot_latency_vs_load(runs: Sequence[dict[str, Any]], path: str | Path, targe
     ax.set_title(title or "latency against offered load", fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path, None
+    return save_figure(fig, path)
 
 
 # --- targets and the command -----------------------------------------------------------------------

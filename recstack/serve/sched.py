@@ -479,7 +479,7 @@ def _q(q: int) -> str:
 def plot_trajectory(report: dict[str, Any], path: str | Path) -> tuple[Path | None, str | None]:
     """Per trial: the controller's rate and window p95 per update, then the confirmation runs (o: met
     the target, x: missed), and the configuration's rate (thick)."""
-    from recstack.analyze.plots import NO_MATPLOTLIB, _figure
+    from recstack.analyze.plots import NO_MATPLOTLIB, _figure, save_figure
 
     try:
         fig = _figure(9.0, 6.0)
@@ -514,11 +514,7 @@ def plot_trajectory(report: dict[str, Any], path: str | Path) -> tuple[Path | No
     tail_ax.legend(fontsize=7)
     for ax in (rate_ax, tail_ax):
         ax.grid(True, which="both", alpha=0.25)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path, None
+    return save_figure(fig, path)
 
 
 # --- the command -----------------------------------------------------------------------------------
