@@ -393,7 +393,7 @@ def test_http_target_without_a_server_is_a_config_error():
 
 
 def test_synthetic_queries_are_drawn_a_few_times_per_size_then_reused():
-    from recstack.serve.loadgen import SyntheticQueries
+    from recstack.serve.candidates import SyntheticQueries
 
     draws = []
 

@@ -342,6 +342,39 @@ def test_a_full_queue_answers_503_at_once_and_recovers(tiny):
     assert metrics[("recstack_engine_rejected_total", ())] == 1
 
 
+def test_requests_over_the_in_flight_limit_get_503_before_the_engine_sees_them(tiny):
+    gate = threading.Event()
+    model = Recorder(tiny.model, gate=gate)
+    engine = InferenceEngine(model, tiny.schema, EngineConfig(workers=1))  # no row limit: only the HTTP one
+    results: list[httpx.Response] = []
+    with live(create_app(engine, max_in_flight=2)) as url:
+        def post() -> None:
+            results.append(httpx.post(f"{url}/v1/rank/synthetic", json={"size": 3}, timeout=60))
+
+        held = [threading.Thread(target=post) for _ in range(2)]
+        for thread in held:
+            thread.start()
+        assert model.entered.wait(30)
+        deadline = time.perf_counter() + 30
+        while engine.stats()["queries"] < 2 and time.perf_counter() < deadline:
+            time.sleep(0.01)
+        start = time.perf_counter()
+        shed = httpx.post(f"{url}/v1/rank", content=b"not even JSON", timeout=60)  # shed before parsing
+        shed_seconds = time.perf_counter() - start
+        health = httpx.get(f"{url}/health", timeout=60)  # other endpoints are not limited
+        gate.set()
+        for thread in held:
+            thread.join(60)
+        recovered = httpx.post(f"{url}/v1/rank/synthetic", json={"size": 3}, timeout=60)
+        metrics = samples(httpx.get(f"{url}/metrics").text)
+    assert shed.status_code == 503 and shed.headers["retry-after"] == "1" and "in flight" in shed.json()["detail"]
+    assert shed_seconds < 2.0 and health.status_code == 200
+    assert [r.status_code for r in results] == [200, 200] and recovered.status_code == 200
+    assert metrics[("recstack_http_shed_total", ())] == 1
+    assert metrics[("recstack_engine_queries_total", ())] == 3  # the shed request never reached the engine
+    assert metrics[("recstack_http_requests_total", (("endpoint", "/v1/rank", ), ("status", "503")))] == 1
+
+
 def test_sigterm_drains_the_request_in_flight(tmp_path):
     # a lone request waits 2 s in the batching queue: SIGTERM arrives while it is in flight
     proc = subprocess.Popen(

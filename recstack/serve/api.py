@@ -59,7 +59,8 @@ class SyntheticRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     size: StrictInt = Field(description="candidates to draw and rank (1 .. the server's max candidates)")
-    seed: StrictInt | None = Field(default=None, description="seed of the draw (default: the server's own stream)")
+    seed: StrictInt | None = Field(
+        default=None, description="seed of a fresh draw (default: the server's draws of this size, reused in rotation)")
 
 
 Scores = list[float] | list[list[float]]

@@ -43,9 +43,15 @@ from recstack.serve.api import (
     RequestError,
     SyntheticRequest,
 )
+from recstack.serve.candidates import SyntheticQueries
 from recstack.serve.engine import EngineOverloaded, InferenceEngine, InferenceError
 from recstack.serve.protocol import Completion, Query
-from recstack.serve.server import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CANDIDATES, DEFAULT_MAX_QUERIES
+from recstack.serve.server import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CANDIDATES,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_QUERIES,
+)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -91,6 +97,8 @@ class ServerMetrics:
                                 ["endpoint", "status"], registry=self.registry)
         self.latency = Histogram("recstack_http_request_duration_seconds", "HTTP request latency by endpoint",
                                  ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.shed = Counter("recstack_http_shed", "scoring requests answered 503 by the in-flight limit, before parsing",
+                            registry=self.registry)
         self.registry.register(_EngineCollector(engine))
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
@@ -171,6 +179,32 @@ class _BodyLimit:
         await self.app(scope, replay, send)
 
 
+class _InFlightLimit:
+    """At most `limit` scoring requests inside the app at once; beyond it a 503 at once, before the
+    body is parsed. The engine's row limit sheds at its queue, but only for requests the event loop
+    got to parse: when requests come faster than it can parse them they would wait unseen in front
+    of it, so this bounds the HTTP layer's own queue too."""
+
+    def __init__(self, app: Any, limit: int, scoring_paths: set[str], shed: Any):
+        self.app, self.limit, self.scoring_paths, self.shed = app, limit, scoring_paths, shed
+        self.in_flight = 0
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.scoring_paths:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            self.shed()
+            await _error(503, f"overloaded: {self.in_flight} requests in flight (--max-in-flight {self.limit}); "
+                         "retry later", {"Retry-After": "1"})(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
 # --- the app ----------------------------------------------------------------------------------
 
 
@@ -242,14 +276,18 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_candidates: int = DEFAULT_MAX_CANDIDATES,
     max_queries: int = DEFAULT_MAX_QUERIES,
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     close_engine: bool = True,
 ) -> FastAPI:
-    """The ASGI app serving `engine`; with `close_engine`, its shutdown drains and closes the engine."""
+    """The ASGI app serving `engine`; with `close_engine`, its shutdown drains and closes the engine.
+    At most `max_in_flight` scoring requests are inside it at once (0: no limit)."""
     from recstack import __version__
 
     encoder = RequestEncoder(engine.schema, engine.vocab, max_candidates)
     metrics = ServerMetrics(engine)
-    rng = np.random.default_rng([engine.seed, 1])  # the server's own stream of synthetic draws
+    # without a seed, synthetic queries come drawn once per size and reused in rotation, exactly like
+    # the in-process load generator's: a fresh draw per request would charge the draw to the server
+    synthetic = SyntheticQueries(engine.synthetic_query, np.random.default_rng([engine.seed, 1]))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -330,12 +368,18 @@ def create_app(
     async def rank_synthetic(body: SyntheticRequest) -> JSONResponse:
         if not 1 <= body.size <= max_candidates:
             raise RequestError(f"size must be 1 to {max_candidates}, not {body.size}")
-        draw_rng = rng if body.seed is None else np.random.default_rng(abs(body.seed))
-        query = engine.synthetic_query(0, body.size, time.perf_counter(), draw_rng)
+        now = time.perf_counter()
+        if body.seed is None:
+            query = synthetic(0, body.size, now)
+        else:
+            query = engine.synthetic_query(0, body.size, now, np.random.default_rng(abs(body.seed)))
         (scores,) = await _score(engine, [query.batch])
         return JSONResponse({"scores": _scores_json(scores)})
 
     endpoints = {route.path for route in app.routes}
+    if max_in_flight:
+        app.add_middleware(_InFlightLimit, limit=max_in_flight, scoring_paths={p for p in endpoints if p.startswith("/v1/rank")},
+                           shed=metrics.shed.inc)
     app.add_middleware(_BodyLimit, limit=max_body_bytes)
     app.add_middleware(_Observe, metrics=metrics, endpoints=endpoints)
     app.state.engine, app.state.metrics = engine, metrics

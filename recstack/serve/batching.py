@@ -39,20 +39,21 @@ def gather_segments(values: torch.Tensor, starts: torch.Tensor, lengths: torch.T
 
 
 class RowSlicer:
-    """Row slices of one Batch; the bag offsets are computed once for all of its slices."""
+    """Row slices of one Batch; the bag offsets are computed once (at the first slice) for all of them."""
 
     def __init__(self, batch: Batch):
         self.batch = batch
-        sparse = batch.sparse
-        self._offsets = sparse.offsets()
-        self._key_starts = torch.arange(len(sparse.keys), dtype=torch.int64) * sparse.batch_size
+        self._offsets: torch.Tensor | None = None
 
     def slice(self, start: int, stop: int) -> Batch:
         batch, sparse = self.batch, self.batch.sparse
         if start == 0 and stop == batch.batch_size:
             return batch
-        lo = self._offsets[self._key_starts + start]
-        counts = self._offsets[self._key_starts + stop] - lo
+        if self._offsets is None:  # two workers may both compute it: the same tensor either way
+            self._offsets = sparse.offsets()
+        key_starts = torch.arange(len(sparse.keys), dtype=torch.int64) * sparse.batch_size
+        lo = self._offsets[key_starts + start]
+        counts = self._offsets[key_starts + stop] - lo
         lengths = sparse.lengths.view(len(sparse.keys), sparse.batch_size)[:, start:stop].reshape(-1)
         weights = None if sparse.weights is None else gather_segments(sparse.weights, lo, counts)
         return Batch(
@@ -90,17 +91,20 @@ def concat_batches(batches: Sequence[Batch]) -> Batch:
 
 @dataclass
 class SubRequest:
-    """Rows [start, start + batch_size) of one query, waiting for a worker."""
+    """Rows [start, start + size) of one query, waiting for a worker. The rows are cut out of the
+    query's batch only when a worker takes them: whoever submits (the server's event loop, the load
+    generator's clock) hands over a query in O(1)."""
 
     owner: Any
     """The query's bookkeeping (the engine's business)."""
     start: int
-    batch: Batch
+    size: int
+    rows: RowSlicer
     enqueued: float = field(default_factory=time.perf_counter)
 
     @property
-    def size(self) -> int:
-        return self.batch.batch_size
+    def batch(self) -> Batch:
+        return self.rows.slice(self.start, self.start + self.size)
 
 
 class BatchQueue:

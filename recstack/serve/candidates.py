@@ -8,7 +8,9 @@ tables (bag sizes: the fixed length, or 1-8 for variable-length features).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +18,7 @@ import torch
 from recstack.data.batch import Batch, JaggedFeatures
 from recstack.data.store import Dataset, Schema, gather_ranges
 from recstack.errors import RecstackError
+from recstack.serve.protocol import Query
 
 POOL_ROWS = 8192
 SERVE_STREAM = 7
@@ -100,3 +103,41 @@ def _same_features(a: Schema, b: Schema) -> bool:
     return a.dense_names == b.dense_names and [(f.name, f.num_embeddings) for f in a.sparse] == [
         (f.name, f.num_embeddings) for f in b.sparse
     ]
+
+
+class SyntheticQueries:
+    """The target's own synthetic queries (the engine: candidate rows of the model's data), drawn
+    `variants` times per size and then reused in rotation, within a budget of sparse ids.
+
+    DeepRecSys likewise draws its queries once and cycles them. Drawing is not free (a 700-candidate
+    RMC2 query gathers 2.7M ids, ~35 ms): drawn afresh for every query, the generator would take that
+    time from the target's cores."""
+
+    def __init__(self, draw: Callable[[int, int, float, np.random.Generator], Query], rng: np.random.Generator,
+                 variants: int = 4, budget_ids: int = 1 << 25):
+        self._draw, self._rng = draw, rng
+        self.variants, self.budget_ids = variants, budget_ids
+        self._cache: dict[int, list[Any]] = {}
+        self._turn: dict[int, int] = {}
+        self._ids = 0
+
+    def warm(self, sizes: Iterable[int]) -> None:
+        """Draw ahead for these sizes (those the run will ask for), so the run itself rarely draws."""
+        for size in sizes:
+            self._batch(int(size))
+
+    def _batch(self, size: int) -> Any:
+        cached = self._cache.setdefault(size, [])
+        if len(cached) < self.variants:
+            batch = self._draw(-1, size, 0.0, self._rng).batch
+            if batch is None or self._ids >= self.budget_ids:
+                return batch
+            cached.append(batch)
+            self._ids += batch.sparse.values.numel()
+            return batch
+        turn = self._turn.get(size, 0)
+        self._turn[size] = turn + 1
+        return cached[turn % len(cached)]
+
+    def __call__(self, query_id: int, size: int, arrival: float) -> Query:
+        return Query(query_id, size, arrival, self._batch(size))

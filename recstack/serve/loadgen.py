@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from recstack.errors import ConfigError, DataError
+from recstack.serve.candidates import SyntheticQueries
 from recstack.serve.protocol import Completion, Query, QueryTarget
 
 MLPERF_QUANTILES = np.array([100, 100, *[200] * 12, 300, 300, 400, 500, 600, 700])
@@ -216,44 +217,6 @@ class Run:
 
 
 QueryFactory = Callable[[int, int, float], Query]
-
-
-class SyntheticQueries:
-    """The target's own synthetic queries (the engine: candidate rows of the model's data), drawn
-    `variants` times per size and then reused in rotation, within a budget of sparse ids.
-
-    DeepRecSys likewise draws its queries once and cycles them. Drawing is not free (a 700-candidate
-    RMC2 query gathers 2.7M ids, ~35 ms): drawn afresh for every query, the generator would take that
-    time from the target's cores."""
-
-    def __init__(self, draw: Callable[[int, int, float, np.random.Generator], Query], rng: np.random.Generator,
-                 variants: int = 4, budget_ids: int = 1 << 25):
-        self._draw, self._rng = draw, rng
-        self.variants, self.budget_ids = variants, budget_ids
-        self._cache: dict[int, list[Any]] = {}
-        self._turn: dict[int, int] = {}
-        self._ids = 0
-
-    def warm(self, sizes: Iterable[int]) -> None:
-        """Draw ahead for these sizes (those the run will ask for), so the run itself rarely draws."""
-        for size in sizes:
-            self._batch(int(size))
-
-    def _batch(self, size: int) -> Any:
-        cached = self._cache.setdefault(size, [])
-        if len(cached) < self.variants:
-            batch = self._draw(-1, size, 0.0, self._rng).batch
-            if batch is None or self._ids >= self.budget_ids:
-                return batch
-            cached.append(batch)
-            self._ids += batch.sparse.values.numel()
-            return batch
-        turn = self._turn.get(size, 0)
-        self._turn[size] = turn + 1
-        return cached[turn % len(cached)]
-
-    def __call__(self, query_id: int, size: int, arrival: float) -> Query:
-        return Query(query_id, size, arrival, self._batch(size))
 
 
 def query_factory(target: QueryTarget, rng: np.random.Generator) -> QueryFactory:
@@ -685,6 +648,7 @@ def open_target(args: argparse.Namespace, extra: list[str]) -> tuple[QueryTarget
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     from recstack.progress import say
     from recstack.report import new_report, write_report
+    from recstack.serve.engine import freeze_heap
 
     if args.duration <= 0 or args.warmup < 0 or args.queries < 1:
         raise ConfigError("--duration and --queries must be positive, --warmup not negative")
@@ -698,6 +662,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             raise ConfigError("--scenario trace needs --trace FILE")
         workload.trace = load_trace(args.trace)
     target, described = open_target(args, extra)
+    freeze_heap()
     report = new_report("loadgen") | {"target": described, "workload": workload.sizes.describe() | {
         "arrival": args.arrival, "seed": args.seed}}
     try:

@@ -573,6 +573,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     from recstack.progress import say
     from recstack.report import new_report, write_report
+    from recstack.serve.engine import freeze_heap
     from recstack.serve.loadgen import engine_factory, workload_from
 
     if (args.target_p95_ms is not None and args.target_p95_ms <= 0) or args.target_factor <= 0:
@@ -589,6 +590,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     )
     make = engine_factory(args, extra)
     workload = workload_from(args)
+    freeze_heap()  # once the libraries are in; each engine it makes adds little to what a collection walks
     began = time.perf_counter()
     result = deeprecsched(make, workload, knobs, offload=args.accelerator != "none", say=say)
     report = new_report("sched") | {

@@ -32,6 +32,7 @@ _ENGINE_OPTIONS: list[tuple[str, str, Any, str]] = [
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_MAX_CANDIDATES = 4096
 DEFAULT_MAX_QUERIES = 64
+DEFAULT_MAX_IN_FLIGHT = 256
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,8 +52,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="default 1 MiB")
     parser.add_argument("--max-candidates", type=int, default=DEFAULT_MAX_CANDIDATES, help="per query (default 4096)")
     parser.add_argument("--max-queries", type=int, default=DEFAULT_MAX_QUERIES, help="per /v1/rank/batch request (default 64)")
+    parser.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT, metavar="N",
+                        help="scoring requests inside the server at once; beyond it 503 before parsing (default 256; 0: no limit)")
     parser.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="S",
                         help="longest wait for in-flight requests after SIGTERM (default 30)")
+    parser.add_argument("--http", choices=["auto", "httptools", "h11"], default="auto",
+                        help="HTTP/1.1 parser (default auto: httptools when installed, pure-Python h11 otherwise)")
+    parser.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto",
+                        help="event loop (default auto: uvloop when installed)")
     parser.add_argument("--access-log", action="store_true", help="log every request")
     parser.add_argument("--quiet", action="store_true")
 
@@ -68,6 +75,8 @@ def engine_from_args(args: argparse.Namespace, extra: list[str]):
     for name in ("max_body_bytes", "max_candidates", "max_queries"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.max_in_flight < 0:
+        raise ConfigError("--max-in-flight must be >= 0 (0: no limit)")
     given = {field: getattr(args, field) for field in ("mode", "accelerator", *(o[1] for o in _ENGINE_OPTIONS))}
     config = EngineConfig(**{k: v for k, v in given.items() if v is not None})
     config.validate()
@@ -102,15 +111,17 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
     from recstack.progress import say
     from recstack.serve.app import create_app
+    from recstack.serve.engine import freeze_heap
 
     sock = _listen(args.host, args.port)
     engine = engine_from_args(args, extra)
     app = create_app(engine, max_body_bytes=args.max_body_bytes, max_candidates=args.max_candidates,
-                     max_queries=args.max_queries)
+                     max_queries=args.max_queries, max_in_flight=args.max_in_flight)
     server = uvicorn.Server(uvicorn.Config(
-        app, log_level="warning" if args.quiet else "info", access_log=args.access_log,
+        app, log_level="warning" if args.quiet else "info", access_log=args.access_log, http=args.http, loop=args.loop,
         timeout_graceful_shutdown=args.shutdown_timeout, lifespan="on",
     ))
+    freeze_heap()
     stats = engine.stats()
     say(f"serving {engine.source}: {stats['workers']} {stats['mode']} worker(s) x {stats['threads_per_worker']} "
         f"thread(s), accelerator {stats['accelerator']}")
