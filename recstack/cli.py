@@ -110,11 +110,21 @@ def cmd_hotcold(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        values = ()
+    if not values or not all(0 <= v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected fractions in [0, 1] separated by commas, got {text!r}")
+    return values
+
+
 def cmd_analyze_skew(args: argparse.Namespace, extra: list[str]) -> int:
     from recstack.analyze.skew import skew_command
 
     _no_extra(extra)
-    skew_command(args.data, sample=args.sample, budgets=args.budgets, dim=args.dim,
+    skew_command(args.data, sample=args.sample, budgets=args.budgets, hot_inputs=args.hot_inputs, dim=args.dim,
                  state_bytes_per_row=args.state_bytes_per_row, split=args.split, seed=args.seed,
                  report_path=args.report, plot_path=args.plot, quiet=args.quiet)
     return 0
@@ -281,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     skew.add_argument("--data", required=True, metavar="DIR", help="a prepared dataset")
     skew.add_argument("--sample", default="5%", metavar="F", help="fraction of inputs for the sampled hot sets (5%% or 0.05)")
     skew.add_argument("--budgets", default="1MiB,16MiB,256MiB", metavar="LIST", help="hot-row memory budgets, comma-separated")
+    skew.add_argument("--hot-inputs", type=_fractions, default=(), metavar="LIST",
+                      help="also the budgets that make these fractions of the inputs all-hot, e.g. 0.5,0.9 (two more passes)")
     skew.add_argument("--dim", type=int, default=16, help="embedding dimension (fp32)")
     skew.add_argument("--state-bytes-per-row", type=int, default=4, metavar="B", help="optimizer state per row")
     skew.add_argument("--split", default="train")

@@ -194,6 +194,25 @@ def test_hot_input_fraction_matches_python(tiny, tiny_lookups):
     assert fractions[-1] == 1.0 and list(fractions) == sorted(fractions)
 
 
+def test_budget_search_for_a_hot_input_fraction_matches_a_scan(tiny):
+    exact, _ = hc.count_accesses(tiny, "train")
+    caps = list(range(exact.rows_seen() + 1))
+    parts = [caps[i : i + 254] for i in range(0, len(caps), 254)]  # one pass holds at most 254 nested sets
+    scanned = np.concatenate([
+        hc.hot_input_fractions(tiny, "train", [hc.hot_levels(exact, [hc.select_hot(exact, k) for k in part])],
+                               len(part))[0]
+        for part in parts
+    ])  # the hot-input fraction of every capacity
+    targets = [0.0, 0.1, 0.5, 0.9, 1.0]
+    found = skew.capacities_for_hot_inputs(tiny, "train", exact, targets)
+    for f, k in zip(targets, found):
+        smallest = int(np.argmax(scanned >= f - 1e-12))  # the exact answer
+        assert scanned[k] >= f - 1e-12 and smallest <= k <= smallest + max(1, 0.05 * smallest)
+    body = skew.analyze_skew(tiny.path, budgets="1KiB", hot_inputs=[0.5], seed=0)
+    row = next(r for r in body["budgets"] if r["for_hot_inputs"] == 0.5)
+    assert row["hot_rows"] == found[2] and row["hot_input_fraction"] == pytest.approx(scanned[found[2]])
+
+
 def test_sampled_recall_is_one_at_full_sample(tiny):
     body = skew.analyze_skew(tiny.path, sample="100%", budgets="1KiB,8KiB,64KiB", seed=3)
     assert [r["sampled_recall"] for r in body["budgets"]] == [1.0, 1.0, 1.0]
@@ -282,9 +301,13 @@ def test_real_criteo_sample_skew_and_sampled_recall(tmp_path):
     k, frac = half_hot_capacity(ds, exact)
     assert 0.5 <= frac < 0.51
     budget = k * hc.row_bytes(16, 4)
-    body = skew.analyze_skew(ds.path, sample="5%", budgets=[budget, 4 << 10], seed=0)
+    body = skew.analyze_skew(ds.path, sample="5%", budgets=[budget, 4 << 10], hot_inputs=[0.5], seed=0)
     half = next(r for r in body["budgets"] if r["bytes"] == budget)
     assert half["hot_rows"] == k and half["hot_input_fraction"] == pytest.approx(frac)
+    # the report's own search for the half-hot budget agrees with the bisection, to its grid's resolution
+    searched = next(r for r in body["budgets"] if r["for_hot_inputs"] == 0.5)
+    assert body["hot_input_targets"] == {"0.5": searched["bytes"]}
+    assert k <= searched["hot_rows"] <= 1.01 * k and searched["hot_input_fraction"] >= 0.5
     print(
         f"\nCriteo sample, train split ({body['data']['inputs']} inputs, {body['data']['sampled_inputs']} sampled): "
         f"overall top 0.1/1/10% = {body['overall']['top_0_1pct_share']:.3f}/{body['overall']['top_1pct_share']:.3f}/"

@@ -30,6 +30,7 @@ import numpy as np
 
 from recstack.data.hotcold import (
     DEFAULT_CHUNK_ROWS,
+    AccessCounts,
     capacity_rows,
     count_accesses,
     format_bytes,
@@ -66,6 +67,8 @@ DEFINITIONS = {
     "sampled_access_recall": "sampled_recall with every row weighted by its exact access count: the share of "
     "the exact hot set's accesses that the sampled hot set also holds",
     "sampled_hot_input_fraction": "hot_input_fraction of the sampled hot set (what FAE would get)",
+    "for_hot_inputs": "set on a budget found by --hot-inputs F: the smallest capacity (to within 1/48 of a "
+    "geometric grid step, never below) whose exact hot set makes at least F of the inputs hot",
 }
 
 
@@ -113,11 +116,57 @@ def _shares_dict(values: np.ndarray, mults: np.ndarray, num_rows: int) -> dict[s
     return {k: (None if shares is None else shares[i]) for i, k in enumerate(SHARE_POINTS)}
 
 
+SEARCH_LEVELS = 48
+"""Capacities tried per pass when searching the budget of a hot-input fraction (two passes: a
+geometric grid over 1..rows seen, then an even grid inside the bracket found)."""
+
+
+def capacities_for_hot_inputs(
+    ds: Dataset,
+    split: str,
+    exact: AccessCounts,
+    targets: Sequence[float],
+    *,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    show_progress: bool = False,
+) -> list[int | None]:
+    """For each target fraction f, the smallest capacity K (to within 1/SEARCH_LEVELS of the bracket
+    of the geometric grid; never below the exact answer) whose exact joint top-K makes at least f of
+    the split's inputs hot; None when even every row seen does not (inputs whose bags are all
+    empty are hot at any K, so f = 0 gives 0). Two passes over the split's ids."""
+    seen = exact.rows_seen()
+    if seen == 0:
+        return [None] * len(targets)
+
+    def fractions(capacities: list[int]) -> np.ndarray:
+        levels = hot_levels(exact, [select_hot(exact, k) for k in capacities])
+        return hot_input_fractions(ds, split, [levels], len(capacities), chunk_rows=chunk_rows,
+                                   show_progress=show_progress)[0]
+
+    coarse = sorted({0, *np.unique(np.geomspace(1, seen, SEARCH_LEVELS - 1).round().astype(int)).tolist()})
+    coarse_fractions = fractions(coarse)
+    brackets: list[tuple[int, int] | None] = []
+    for f in targets:
+        i = int(np.searchsorted(coarse_fractions, f - 1e-12))  # first capacity reaching f
+        brackets.append(None if i == len(coarse) else (coarse[max(i - 1, 0)], coarse[i]))
+    fine = sorted({int(k) for b in brackets if b for k in np.linspace(b[0], b[1], SEARCH_LEVELS).round()})
+    fine_fractions = fractions(fine) if fine else np.zeros(0)
+    found: list[int | None] = []
+    for f, b in zip(targets, brackets):
+        if b is None:
+            found.append(None)
+            continue
+        reached = [k for k, x in zip(fine, fine_fractions) if b[0] <= k <= b[1] and x >= f - 1e-12]
+        found.append(min(reached))
+    return found
+
+
 def analyze_skew(
     data: str | Path,
     *,
     sample: float | str = 0.05,
     budgets: str | Sequence[str | int] = DEFAULT_BUDGETS,
+    hot_inputs: Sequence[float] = (),
     dim: int = 16,
     state_bytes_per_row: int = 4,
     split: str = "train",
@@ -126,7 +175,9 @@ def analyze_skew(
     show_progress: bool = False,
 ) -> dict[str, Any]:
     """The skew figures of a dataset split: the report body (`tables`, `overall`, `budgets`, `curves`,
-    `data`, `definitions`). Two passes over the split's ids, memory bounded by the count arrays."""
+    `data`, `definitions`). Two passes over the split's ids (two more with `hot_inputs`: the budgets
+    that make those fractions of the inputs hot join `budgets`, marked `for_hot_inputs`); memory
+    bounded by the count arrays."""
     started = time.perf_counter()
     ds = Dataset(data)
     fraction = parse_fraction(sample)
@@ -176,6 +227,13 @@ def analyze_skew(
     overall_curve = top_shares(joint_values, joint_mults, total_rows, grid)
     curves["overall"] = None if overall_curve is None else np.round(overall_curve, 6).tolist()
 
+    wanted: dict[int, float] = {}  # budget bytes -> the hot-input fraction it was searched for
+    if hot_inputs:
+        for f, k in zip(hot_inputs, capacities_for_hot_inputs(ds, split, exact, hot_inputs, chunk_rows=chunk_rows,
+                                                               show_progress=show_progress)):
+            if k is not None:
+                wanted[k * per_row] = f
+        budget_bytes = sorted({*budget_bytes, *wanted})
     capacities = [capacity_rows(b, dim, state_bytes_per_row) for b in budget_bytes]
     exact_sets = [select_hot(exact, k) for k in capacities]
     sampled_sets = [select_hot(sampled, k) for k in capacities]
@@ -209,6 +267,7 @@ def analyze_skew(
                 "sampled_hot_input_fraction": float(fractions[1][i]) if inputs else None,
                 "sampled_recall": recall(exact, exact_sets[i], sampled, sampled_sets[i]),
                 "sampled_access_recall": recall(exact, exact_sets[i], sampled, sampled_sets[i], weighted=True),
+                "for_hot_inputs": wanted.get(b),
             }
         )
     return {
@@ -224,6 +283,8 @@ def analyze_skew(
         "tables": tables,
         "overall": overall,
         "budgets": budget_rows,
+        "hot_input_targets": {str(f): next((r["bytes"] for r in budget_rows if r["for_hot_inputs"] == f), None)
+                              for f in hot_inputs},
         "curves": curves,
         "definitions": DEFINITIONS,
         "seconds": time.perf_counter() - started,
@@ -258,8 +319,9 @@ def print_skew(report: dict[str, Any]) -> None:
         hot.add_column(col, justify="right")
     for b in report["budgets"]:
         recall_text = "-" if b["sampled_recall"] is None else f"{b['sampled_recall']:.3f}"
+        searched = "" if b.get("for_hot_inputs") is None else f" (for {_pct(b['for_hot_inputs'], 0)})"
         hot.add_row(
-            b["budget"], f"{b['hot_rows']:,}", _pct(b["hot_access_share"]), _pct(b["hot_input_fraction"]),
+            b["budget"] + searched, f"{b['hot_rows']:,}", _pct(b["hot_access_share"]), _pct(b["hot_input_fraction"]),
             _pct(b["sampled_hot_input_fraction"]), recall_text,
         )  # fmt: skip
     console.print(hot)
@@ -270,6 +332,7 @@ def skew_command(
     *,
     sample: float | str = 0.05,
     budgets: str | Sequence[str | int] = DEFAULT_BUDGETS,
+    hot_inputs: Sequence[float] = (),
     dim: int = 16,
     state_bytes_per_row: int = 4,
     split: str = "train",
@@ -287,11 +350,14 @@ def skew_command(
         raise DataError("--dim must be >= 1")
     config = {
         "data": str(data), "sample": sample, "budgets": budgets if isinstance(budgets, str) else list(budgets),
-        "dim": dim, "state_bytes_per_row": state_bytes_per_row, "split": split, "seed": seed,
+        "hot_inputs": list(hot_inputs), "dim": dim, "state_bytes_per_row": state_bytes_per_row, "split": split,
+        "seed": seed,
     }  # fmt: skip
+    if not all(0 <= f <= 1 for f in hot_inputs):
+        raise DataError(f"--hot-inputs takes fractions in [0, 1], got {','.join(map(str, hot_inputs))}")
     body = analyze_skew(
-        data, sample=sample, budgets=budgets, dim=dim, state_bytes_per_row=state_bytes_per_row, split=split,
-        seed=seed, show_progress=not quiet,
+        data, sample=sample, budgets=budgets, hot_inputs=hot_inputs, dim=dim, state_bytes_per_row=state_bytes_per_row,
+        split=split, seed=seed, show_progress=not quiet,
     )  # fmt: skip
     report = new_report("analyze skew", config)
     report.update(body)
