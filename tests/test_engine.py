@@ -20,7 +20,7 @@ from torch import nn
 
 from recstack.data.batch import Batch, JaggedFeatures
 from recstack.errors import ConfigError
-from recstack.serve.batching import RowSlicer, concat_batches, split_bounds
+from recstack.serve.batching import RowSlicer, concat_batches, merge_rows, split_bounds
 from recstack.serve.engine import EngineConfig, EngineOverloaded, InferenceEngine, InferenceError
 from recstack.serve.protocol import Completion, Query
 from tests.conftest import REPO
@@ -92,6 +92,20 @@ def collect(engine: InferenceEngine, queries: list[Query]) -> list[Completion]:
 
 
 # --- slicing and merging ------------------------------------------------------------------------
+
+
+def test_merging_row_ranges_of_several_batches_equals_a_row_by_row_copy(tiny):
+    first, second = tagged_batch(tiny, 9), tagged_batch(tiny, 7)
+    parts = [(RowSlicer(first), 2, 5), (RowSlicer(second), 0, 7), (RowSlicer(first), 8, 9)]
+    merged = merge_rows(parts)
+
+    def rows(batch: Batch, a: int, z: int) -> list[tuple[list[float], dict[str, list[int]]]]:
+        bags = {k: torch.split(v, lengths.tolist()) for k, (v, lengths) in batch.sparse.to_dict().items()}
+        return [(batch.dense[i].tolist(), {k: bags[k][i].tolist() for k in bags}) for i in range(a, z)]
+
+    expected = [row for slicer, a, z in parts for row in rows(slicer.batch, a, z)]
+    assert merged.batch_size == len(expected) == 11 and rows(merged, 0, 11) == expected
+    assert merge_rows([(RowSlicer(first), 0, 9)]) is first  # a whole batch is not copied
 
 
 def test_split_bounds_cover_each_row_once():

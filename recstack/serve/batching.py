@@ -2,8 +2,9 @@
 
 A query of N candidate rows becomes ceil(N / b) sub-requests, each a row slice of its Batch; a
 worker takes queued sub-requests in arrival order and merges them into one Batch of at most
-`max_batch` rows, waiting at most `max_wait` after the oldest arrived for more to come. Slicing and
-merging work on whole tensors (one gather per call), never per row.
+`max_batch` rows, waiting at most `max_wait` after the oldest arrived for more to come. The worker
+cuts and merges them in one step (`merge_rows`: per feature key, a view of each part's id range,
+then one cat), so the ids are copied once, never per row, and never on the submitting thread.
 """
 
 from __future__ import annotations
@@ -27,66 +28,53 @@ def split_bounds(size: int, sub_batch: int) -> list[tuple[int, int]]:
     return [(a, min(a + sub_batch, size)) for a in range(0, size, sub_batch)]
 
 
-def gather_segments(values: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """values[starts[i] : starts[i] + lengths[i]] for all i, concatenated, in one gather."""
-    lengths = lengths.to(torch.int64)
-    total = int(lengths.sum())
-    if total == 0:
-        return values[:0]
-    out_starts = torch.cumsum(lengths, 0) - lengths
-    index = torch.repeat_interleave(starts.to(torch.int64) - out_starts, lengths) + torch.arange(total)
-    return values[index]
-
-
 class RowSlicer:
-    """Row slices of one Batch; the bag offsets are computed once (at the first slice) for all of them."""
+    """One Batch whose row ranges get cut out (and merged with other batches' ranges) by
+    `merge_rows`; its bag offsets are computed once, at the first cut."""
 
     def __init__(self, batch: Batch):
         self.batch = batch
-        self._offsets: torch.Tensor | None = None
+        self._offsets: list[int] | None = None
+
+    def key_bounds(self, start: int, stop: int) -> list[tuple[int, int]]:
+        """Per feature key, the [lo, hi) of `values` that rows [start, stop) hold."""
+        sparse = self.batch.sparse
+        if self._offsets is None:  # two workers may both compute it: the same list either way
+            self._offsets = sparse.offsets().tolist()
+        b, offsets = sparse.batch_size, self._offsets
+        return [(offsets[f * b + start], offsets[f * b + stop]) for f in range(len(sparse.keys))]
 
     def slice(self, start: int, stop: int) -> Batch:
-        batch, sparse = self.batch, self.batch.sparse
-        if start == 0 and stop == batch.batch_size:
-            return batch
-        if self._offsets is None:  # two workers may both compute it: the same tensor either way
-            self._offsets = sparse.offsets()
-        key_starts = torch.arange(len(sparse.keys), dtype=torch.int64) * sparse.batch_size
-        lo = self._offsets[key_starts + start]
-        counts = self._offsets[key_starts + stop] - lo
-        lengths = sparse.lengths.view(len(sparse.keys), sparse.batch_size)[:, start:stop].reshape(-1)
-        weights = None if sparse.weights is None else gather_segments(sparse.weights, lo, counts)
-        return Batch(
-            dense=batch.dense[start:stop],
-            sparse=JaggedFeatures(sparse.keys, gather_segments(sparse.values, lo, counts), lengths, stop - start, weights),
-            labels=batch.labels[start:stop],
-        )
+        return merge_rows([(self, start, stop)])
+
+
+def merge_rows(parts: Sequence[tuple[RowSlicer, int, int]]) -> Batch:
+    """Rows [start, stop) of each part's batch, in order, as one Batch. The ids are copied once: per
+    key, views of each part's id range, then one cat (sub-requests are cut and merged in one go)."""
+    if len(parts) == 1 and parts[0][1] == 0 and parts[0][2] == parts[0][0].batch.batch_size:
+        return parts[0][0].batch
+    batches = [slicer.batch for slicer, _, _ in parts]
+    keys = batches[0].sparse.keys
+    for b in batches[1:]:
+        if b.sparse.keys != keys:
+            raise ValueError(f"cannot merge batches with feature keys {b.sparse.keys} and {keys}")
+    bounds = [slicer.key_bounds(a, z) for slicer, a, z in parts]
+    key_major = [(b.sparse, lo, hi) for f in range(len(keys)) for b, part in zip(batches, bounds) for lo, hi in [part[f]]]
+    values = torch.cat([sparse.values[lo:hi] for sparse, lo, hi in key_major])
+    weights = None
+    if all(b.sparse.weights is not None for b in batches):
+        weights = torch.cat([sparse.weights[lo:hi] for sparse, lo, hi in key_major])
+    lengths = torch.cat([b.sparse.lengths.view(len(keys), b.batch_size)[:, a:z] for b, (_, a, z) in zip(batches, parts)], 1)
+    return Batch(
+        dense=torch.cat([b.dense[a:z] for b, (_, a, z) in zip(batches, parts)]),
+        sparse=JaggedFeatures(keys, values, lengths.reshape(-1), sum(z - a for _, a, z in parts), weights),
+        labels=torch.cat([b.labels[a:z] for b, (_, a, z) in zip(batches, parts)]),
+    )
 
 
 def concat_batches(batches: Sequence[Batch]) -> Batch:
     """Rows of several batches (same feature keys) in one Batch, in order."""
-    if len(batches) == 1:
-        return batches[0]
-    keys = batches[0].sparse.keys
-    num_keys = len(keys)
-    for b in batches[1:]:
-        if b.sparse.keys != keys:
-            raise ValueError(f"cannot merge batches with feature keys {b.sparse.keys} and {keys}")
-    per_key = [b.sparse.lengths.view(num_keys, b.batch_size) for b in batches]
-    # ids of batch i, key f are one segment of the concatenated values; the output wants them key-major
-    totals = torch.stack([lengths.sum(1, dtype=torch.int64) for lengths in per_key])  # [batches, keys]
-    batch_base = torch.cumsum(totals.sum(1), 0) - totals.sum(1)
-    starts = batch_base.unsqueeze(1) + torch.cumsum(totals, 1) - totals
-    values = gather_segments(torch.cat([b.sparse.values for b in batches]), starts.T.reshape(-1), totals.T.reshape(-1))
-    weights = None
-    if all(b.sparse.weights is not None for b in batches):
-        weights = gather_segments(torch.cat([b.sparse.weights for b in batches]), starts.T.reshape(-1), totals.T.reshape(-1))
-    size = sum(b.batch_size for b in batches)
-    return Batch(
-        dense=torch.cat([b.dense for b in batches]),
-        sparse=JaggedFeatures(keys, values, torch.cat(per_key, 1).reshape(-1), size, weights),
-        labels=torch.cat([b.labels for b in batches]),
-    )
+    return merge_rows([(RowSlicer(b), 0, b.batch_size) for b in batches])
 
 
 @dataclass
@@ -103,8 +91,8 @@ class SubRequest:
     enqueued: float = field(default_factory=time.perf_counter)
 
     @property
-    def batch(self) -> Batch:
-        return self.rows.slice(self.start, self.start + self.size)
+    def part(self) -> tuple[RowSlicer, int, int]:
+        return self.rows, self.start, self.start + self.size
 
 
 class BatchQueue:

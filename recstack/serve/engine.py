@@ -32,7 +32,7 @@ from recstack.config import Config
 from recstack.data.batch import Batch
 from recstack.data.store import Schema
 from recstack.errors import ConfigError, RecstackError
-from recstack.serve.batching import BatchQueue, RowSlicer, SubRequest, concat_batches, split_bounds
+from recstack.serve.batching import BatchQueue, RowSlicer, SubRequest, merge_rows, split_bounds
 from recstack.serve.candidates import CandidatePool
 from recstack.serve.protocol import Completion, Query
 from recstack.serve.workers import ProcessRunner, ThreadRunner
@@ -390,7 +390,7 @@ class InferenceEngine:
 
     def _run(self, pool: _Pool, runner: Any, taken: list[SubRequest]) -> None:
         try:
-            scores = runner.run(concat_batches([r.batch for r in taken]))
+            scores = runner.run(merge_rows([r.part for r in taken]))
         except Exception as exc:
             if len(taken) > 1:  # find the culprit: every sub-request alone, so one bad query fails alone
                 for request in taken:
