@@ -82,9 +82,13 @@ class ModelContext:
     def embeddings(self, tables: list[TableConfig]) -> EmbeddingCollection:
         return DenseEmbeddingCollection(tables, self.optimizer, device=self.device)
 
-    def require(self, *, dense: bool = False, pooled: int = 0, sequences: bool = False, model: str = "") -> None:
-        """One-line errors for data this model cannot read."""
+    def require(self, *, dense: bool = False, pooled: int = 0, sequences: bool = False, single_task: bool = False,
+                model: str = "", hint: str = "") -> None:
+        """One-line errors for data this model cannot read (`hint`: what to use instead of a single-task model)."""
         what = model or self.config.name
+        if single_task and len(self.layout.tasks) > 1:
+            more = f" ({hint})" if hint else ""
+            raise ConfigError(f"{self.config.name} predicts one label; the dataset has {len(self.layout.tasks)} tasks{more}")
         if dense and not self.layout.dense:
             raise ConfigError(f"{what} needs dense features; the dataset has none")
         if len(self.layout.pooled) < pooled:

@@ -70,7 +70,7 @@ class DCNv2(RecModel):
 
 def build(ctx: ModelContext) -> DCNv2:
     m = ctx.config
-    ctx.require(dense=True, pooled=1, model="DCN-v2")
+    ctx.require(dense=True, pooled=1, single_task=True, model="DCN-v2")
     require_logit("model.top_mlp", m.top_mlp)
     if not m.bottom_mlp:
         raise ConfigError("model.bottom_mlp is empty: DCN-v2 projects the dense features with a bottom MLP")
@@ -81,8 +81,6 @@ def build(ctx: ModelContext) -> DCNv2:
     if m.cross_layers < 1 or m.cross_rank < 0:
         raise ConfigError(f"model.cross_layers must be >= 1 and model.cross_rank >= 0 (0: full rank), "
                           f"not {m.cross_layers} and {m.cross_rank}")
-    if len(ctx.layout.tasks) > 1:
-        raise ConfigError(f"dcn-v2 predicts one label; the dataset has {len(ctx.layout.tasks)} tasks")
     return DCNv2(
         num_dense=len(ctx.layout.dense),
         embeddings=ctx.embeddings(ctx.tables(m.embedding_dim, sequences=False)),

@@ -17,7 +17,6 @@ from torch import nn
 
 from recstack.data.batch import Batch
 from recstack.embeddings.base import EmbeddingCollection
-from recstack.errors import ConfigError
 from recstack.models.base import ModelContext, RecModel
 from recstack.models.layers import MLP, FMInteraction, WideLinear, require_logit, wide_linear
 
@@ -59,10 +58,8 @@ class DeepFM(RecModel):
 
 def build(ctx: ModelContext) -> DeepFM:
     m = ctx.config
-    ctx.require(pooled=1, model="DeepFM")
+    ctx.require(pooled=1, single_task=True, model="DeepFM")
     require_logit("model.top_mlp", m.top_mlp)
-    if len(ctx.layout.tasks) > 1:
-        raise ConfigError(f"deepfm predicts one label; the dataset has {len(ctx.layout.tasks)} tasks")
     return DeepFM(
         num_dense=len(ctx.layout.dense),
         embeddings=ctx.embeddings(ctx.tables(m.embedding_dim, sequences=False)),

@@ -73,12 +73,8 @@ def _deep_embeddings(ctx: ModelContext) -> EmbeddingCollection:
 
 def build_wide_deep(ctx: ModelContext) -> WideAndDeep:
     m = ctx.config
-    ctx.require(pooled=1, model="Wide & Deep")
+    ctx.require(pooled=1, single_task=True, model="Wide & Deep", hint="use model.name mtwnd")
     require_logit("model.top_mlp", m.top_mlp)
-    if len(ctx.layout.tasks) > 1:
-        raise ConfigError(
-            f"wnd predicts one label; the dataset has {len(ctx.layout.tasks)} tasks (use model.name mtwnd)"
-        )
     return WideAndDeep(len(ctx.layout.dense), _deep_embeddings(ctx), wide_linear(ctx), m.top_mlp, dropout=m.dropout)
 
 

@@ -59,11 +59,12 @@ def merge_rows(parts: Sequence[tuple[RowSlicer, int, int]]) -> Batch:
         if b.sparse.keys != keys:
             raise ValueError(f"cannot merge batches with feature keys {b.sparse.keys} and {keys}")
     bounds = [slicer.key_bounds(a, z) for slicer, a, z in parts]
-    key_major = [(b.sparse, lo, hi) for f in range(len(keys)) for b, part in zip(batches, bounds) for lo, hi in [part[f]]]
-    values = torch.cat([sparse.values[lo:hi] for sparse, lo, hi in key_major])
+    # the output is key-major: key 0 of every part, then key 1 of every part, ...
+    ranges = [(b.sparse, *bounds[i][f]) for f in range(len(keys)) for i, b in enumerate(batches)]
+    values = torch.cat([sparse.values[lo:hi] for sparse, lo, hi in ranges])
     weights = None
     if all(b.sparse.weights is not None for b in batches):
-        weights = torch.cat([sparse.weights[lo:hi] for sparse, lo, hi in key_major])
+        weights = torch.cat([sparse.weights[lo:hi] for sparse, lo, hi in ranges])
     lengths = torch.cat([b.sparse.lengths.view(len(keys), b.batch_size)[:, a:z] for b, (_, a, z) in zip(batches, parts)], 1)
     return Batch(
         dense=torch.cat([b.dense[a:z] for b, (_, a, z) in zip(batches, parts)]),

@@ -411,12 +411,18 @@ def server_run(
     """MLPerf Server: arrivals at `rate` for `warmup_s + duration_s`; the warm-up is left out."""
     offsets = timed_schedule(workload.arrivals(rate), warmup_s + duration_s)
     sizes = workload.sizes.sample(len(offsets), workload.rng)
-    make = make or query_factory(target, workload.rng)
-    warm_queries(make, sizes)
-    run = drive(target, fixed_schedule(offsets, sizes), make)
+    run = _replay(target, workload, offsets, sizes, make)
     return {"scenario": "server"} | summarize(
         run, offered_qps=rate, warmup_s=warmup_s, percentile=percentile, target_ms=target_ms
     )
+
+
+def _replay(target: QueryTarget, workload: Workload, offsets: np.ndarray, sizes: np.ndarray,
+            make: QueryFactory | None = None) -> Run:
+    """Queries of `sizes` at the arrival `offsets` (seconds from now), their features drawn ahead."""
+    make = make or query_factory(target, workload.rng)
+    warm_queries(make, sizes)
+    return drive(target, fixed_schedule(offsets, sizes), make)
 
 
 def offline_run(target: QueryTarget, workload: Workload, queries: int, *, warmup_queries: int = 8,
@@ -439,9 +445,7 @@ def trace_run(target: QueryTarget, workload: Workload, *, percentile: float = 95
     if sizes is None:
         sizes = workload.sizes.sample(len(offsets), workload.rng)
     sizes = np.minimum(sizes, workload.sizes.max_size)
-    make = query_factory(target, workload.rng)
-    warm_queries(make, sizes)
-    run = drive(target, fixed_schedule(offsets, sizes), make)
+    run = _replay(target, workload, offsets, sizes)
     offered = (len(offsets) - 1) / offsets[-1] if len(offsets) > 1 and offsets[-1] > 0 else None
     return {"scenario": "trace"} | summarize(run, offered_qps=offered, percentile=percentile, target_ms=target_ms)
 
