@@ -1,0 +1,281 @@
+"""The ceiling of DeepRecSched's gain on a machine of c cores, from a queueing model.
+
+`recstack sched` measures how much more load the tuned configuration (b, q_thr) sustains than the
+static one (whole queries, no offload) at a tail target. This module says how much more it *could*
+sustain: it simulates the engine's policies exactly as `recstack.serve.engine` runs them, on ideal
+hardware, and takes the best over the same grid the climb searches.
+
+The model (discrete events, Poisson arrivals, common random numbers for every policy and rate):
+- a query of n rows is split into sub-requests of at most b rows (b = 0: whole), or, when n >= q_thr,
+  sent whole to the accelerator pool; each pool is one FIFO queue;
+- a free worker takes the oldest sub-request and merges later ones while they fit in `max_batch` rows
+  (b for a split configuration, the engine's default for whole queries: `sched.engine_config`);
+- a batch of r rows costs `service_s(r)` core-seconds (linear by default: `overhead_s + r * row_s`);
+- the CPU workers and the stand-in accelerator pool's workers share the c cores: when more workers are
+  busy than there are cores, each runs at c / busy of a core (processor sharing, what the OS does);
+- a query's latency runs from its arrival to the end of its last sub-request.
+
+With linear service and no overhead the ratio of rates depends only on the size distribution, c and
+the target factor, not on the model: it is a property of the workload and the machine's core count.
+Real per-row costs that grow with the batch (cache misses of wide models) give splitting more to win
+than this model; costs that shrink with the batch (better GEMM efficiency) give it less.
+
+    python -m recstack.bench.sched_bound --cores 2 --sizes mlperf --target-factor 1.5 --report runs/bound.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recstack.errors import ConfigError, RecstackError
+from recstack.serve.batching import split_bounds
+from recstack.serve.loadgen import SizeDistribution
+from recstack.serve.sched import SchedKnobs
+
+DEFAULT_MAX_BATCH = 1024  # EngineConfig.max_batch
+
+
+@dataclass(frozen=True)
+class Policy:
+    sub_batch: int = 0
+    """b (0: whole queries)."""
+    offload_threshold: int = 0
+    """q_thr (0: never offload)."""
+
+    def label(self) -> str:
+        return f"b={self.sub_batch or 'whole'}, q_thr={self.offload_threshold or '-'}"
+
+
+@dataclass
+class Machine:
+    cores: int = 2
+    workers: int = 2
+    """CPU workers (the engine's default: one per core)."""
+    accelerator_workers: int = 1
+    accelerator_speed: float = 0.0
+    """0: the accelerator pool is the CPU stand-in, its workers share the cores with the CPU workers;
+    > 0: a device of its own, each worker this many times as fast as one core."""
+    row_s: float = 1.0
+    overhead_s: float = 0.0
+    """Per-batch cost; with row_s, service_s(rows) = overhead_s + rows * row_s."""
+    max_batch: int = DEFAULT_MAX_BATCH
+
+    def service_s(self, rows: int) -> float:
+        return self.overhead_s + rows * self.row_s
+
+
+class _Worker:
+    __slots__ = ("pool", "left", "parts")
+
+    def __init__(self, pool: int):
+        self.pool, self.left, self.parts = pool, 0.0, []
+
+
+def simulate(policy: Policy, machine: Machine, arrivals: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Latency of every query (same order as `arrivals`, which must be ascending)."""
+    max_batch = policy.sub_batch or machine.max_batch
+    pools = [deque(), deque()]  # (query, rows) sub-requests: CPU, accelerator
+    workers = [_Worker(0) for _ in range(machine.workers)]
+    if policy.offload_threshold:
+        workers += [_Worker(1) for _ in range(machine.accelerator_workers)]
+    own_device = machine.accelerator_speed > 0
+    n = len(arrivals)
+    parts_left = np.zeros(n, dtype=np.int64)
+    latency = np.full(n, np.nan)
+    now, nxt = 0.0, 0
+
+    def dispatch() -> None:
+        for w in workers:
+            queue = pools[w.pool]
+            if w.parts or not queue:
+                continue
+            w.parts = [queue.popleft()]
+            rows = w.parts[0][1]
+            while queue and rows + queue[0][1] <= max_batch:
+                w.parts.append(queue.popleft())
+                rows += w.parts[-1][1]
+            w.left = machine.service_s(rows)
+
+    while True:
+        busy = [w for w in workers if w.parts]
+        if not busy and nxt == n:
+            return latency
+        on_cores = sum(1 for w in busy if w.pool == 0 or not own_device)
+        core_speed = min(1.0, machine.cores / on_cores) if on_cores else 0.0
+        speeds = [machine.accelerator_speed if w.pool == 1 and own_device else core_speed for w in busy]
+        first = min(range(len(busy)), key=lambda i: busy[i].left / speeds[i]) if busy else -1
+        finish = now + busy[first].left / speeds[first] if busy else math.inf
+        arrival = arrivals[nxt] if nxt < n else math.inf
+        step_to = min(finish, arrival)
+        for w, v in zip(busy, speeds):
+            w.left -= (step_to - now) * v
+        now = step_to
+        if arrival <= finish:
+            size = int(sizes[nxt])
+            if policy.offload_threshold and size >= policy.offload_threshold:
+                pools[1].append((nxt, size))
+                parts_left[nxt] = 1
+            else:
+                bounds = split_bounds(size, policy.sub_batch)
+                pools[0].extend((nxt, b - a) for a, b in bounds)
+                parts_left[nxt] = len(bounds)
+            nxt += 1
+        else:
+            for i, w in enumerate(busy):  # the first to finish, and any that finish with it
+                if i == first or w.left <= 1e-9 * max(1.0, now):
+                    for query, _ in w.parts:
+                        parts_left[query] -= 1
+                        if parts_left[query] == 0:
+                            latency[query] = now - arrivals[query]
+                    w.parts, w.left = [], 0.0
+        dispatch()
+
+
+@dataclass
+class Draws:
+    """Common random numbers: unit-rate exponential gaps and sizes, drawn once."""
+
+    sizes: np.ndarray
+    unit_gaps: np.ndarray
+    warmup: int
+
+    @classmethod
+    def draw(cls, distribution: SizeDistribution, queries: int, seed: int = 0) -> Draws:
+        rng = np.random.default_rng(seed)
+        return cls(distribution.sample(queries, rng), rng.exponential(1.0, queries), queries // 10)
+
+    def tail(self, policy: Policy, machine: Machine, rate: float, percentile: float) -> float:
+        latency = simulate(policy, machine, np.cumsum(self.unit_gaps / rate), self.sizes)
+        return float(np.percentile(latency[self.warmup:], percentile))
+
+
+def capacity_qps(machine: Machine, mean_size: float) -> float:
+    """Whole queries, every core busy, no merging: cores / service time of the mean query."""
+    return min(machine.cores, machine.workers) / machine.service_s(round(mean_size))
+
+
+def sustainable_rate(policy: Policy, machine: Machine, draws: Draws, target_s: float, *,
+                     percentile: float = 95.0, low: float, high: float, steps: int = 14) -> float:
+    """The highest rate in [low, high] whose tail meets the target (bisection on a log scale; 0 if
+    even `low` misses it)."""
+    if draws.tail(policy, machine, low, percentile) > target_s:
+        return 0.0
+    if draws.tail(policy, machine, high, percentile) <= target_s:
+        return high
+    for _ in range(steps):
+        mid = math.sqrt(low * high)
+        if draws.tail(policy, machine, mid, percentile) <= target_s:
+            low = mid
+        else:
+            high = mid
+    return low
+
+
+@dataclass
+class BoundKnobs:
+    batch_sizes: list[int] = field(default_factory=lambda: SchedKnobs().batch_sizes)
+    """b candidates (0: whole queries) ..."""
+    thresholds: list[int] = field(default_factory=lambda: SchedKnobs().thresholds)
+    """... and q_thr candidates (0: none): the grid `recstack sched` climbs."""
+    target_factor: float = 1.5
+    low_load: float = 0.10
+    percentile: float = 95.0
+    queries: int = 20_000
+    seed: int = 0
+
+
+def bound(machine: Machine, distribution: SizeDistribution, knobs: BoundKnobs) -> dict[str, Any]:
+    """The static policy's rate and every (b, q_thr) policy's rate at the tight target, and the best."""
+    draws = Draws.draw(distribution, knobs.queries, knobs.seed)
+    capacity = capacity_qps(machine, float(np.mean(draws.sizes)))
+    static = Policy()
+    low_load_tail = draws.tail(static, machine, knobs.low_load * capacity, knobs.percentile)
+    target = knobs.target_factor * low_load_tail
+    span = {"low": 0.01 * capacity, "high": 2.0 * capacity}
+    policies = [Policy(b, q) for q in knobs.thresholds for b in knobs.batch_sizes]
+    rates = {p: sustainable_rate(p, machine, draws, target, percentile=knobs.percentile, **span) for p in policies}
+    best = max(policies, key=lambda p: rates[p])  # first of the best: static wins ties
+    return {
+        "machine": asdict(machine),
+        "sizes": distribution.describe(),
+        "knobs": asdict(knobs),
+        "capacity_qps": capacity,
+        "low_load_tail_s": low_load_tail,
+        "target_s": target,
+        "static_qps": rates[static],
+        "best": {"sub_batch": best.sub_batch, "offload_threshold": best.offload_threshold, "qps": rates[best]},
+        "ratio": rates[best] / rates[static] if rates[static] else None,
+        "policies": [{"sub_batch": p.sub_batch, "offload_threshold": p.offload_threshold, "qps": rates[p],
+                      "of_static": rates[p] / rates[static] if rates[static] else None} for p in policies],
+    }
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"expected a comma-separated list of integers, got {text!r}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recstack.bench.sched_bound", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=0, help="CPU workers (default: one per core)")
+    parser.add_argument("--sizes", default="mlperf", help="query sizes, as recstack loadgen --sizes")
+    parser.add_argument("--max-size", type=int, default=1024)
+    parser.add_argument("--target-factor", type=float, default=1.5)
+    parser.add_argument("--accelerator-speed", type=float, default=0.0,
+                        help="0: offload to a CPU stand-in pool on the same cores; > 0: to a device of its own, "
+                             "each worker this many times as fast as one core")
+    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                        help="rows a worker merges whole queries into (the engine's --max-batch; 1: no merging)")
+    parser.add_argument("--overhead", type=float, default=0.0, help="per-batch cost, in units of one row's cost")
+    grid = BoundKnobs()
+    parser.add_argument("--batch-sizes", default=",".join(map(str, grid.batch_sizes)), help="b candidates (0: whole)")
+    parser.add_argument("--thresholds", default=",".join(map(str, grid.thresholds)), help="q_thr candidates (0: none)")
+    parser.add_argument("--queries", type=int, default=20_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report", help="write the JSON here")
+    args = parser.parse_args(argv)
+    try:
+        if (args.cores < 1 or args.workers < 0 or args.queries < 100 or args.overhead < 0 or args.target_factor <= 0
+                or args.accelerator_speed < 0 or args.max_batch < 1):
+            raise ConfigError("need --cores >= 1, --workers >= 0, --queries >= 100, --target-factor > 0, "
+                              "--overhead >= 0, --accelerator-speed >= 0, --max-batch >= 1")
+        machine = Machine(args.cores, args.workers or args.cores, accelerator_speed=args.accelerator_speed,
+                          overhead_s=args.overhead, max_batch=args.max_batch)
+        knobs = BoundKnobs(_int_list(args.batch_sizes), _int_list(args.thresholds), args.target_factor,
+                           queries=args.queries, seed=args.seed)
+        result = bound(machine, SizeDistribution.parse(args.sizes, args.max_size), knobs)
+    except RecstackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    static = result["static_qps"]
+    print(f"{args.cores} cores, sizes {args.sizes}, target {args.target_factor:g}x the static p95 at 10% load "
+          f"= {result['target_s']:.0f} row-times")
+    for p in result["policies"]:
+        share = f"{p['of_static']:.2f}x" if p["of_static"] is not None else "-"
+        print(f"  b={p['sub_batch'] or 'whole':>5}  q_thr={p['offload_threshold'] or '-':>4}  "
+              f"{p['qps'] / result['capacity_qps']:.3f} of capacity  {share}")
+    best = result["best"]
+    ratio = f"{result['ratio']:.2f}x" if result["ratio"] is not None else "unbounded (static meets no rate)"
+    print(f"best: {Policy(best['sub_batch'], best['offload_threshold']).label()}: {ratio} the static rate "
+          f"({static / result['capacity_qps']:.3f} of capacity)")
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
