@@ -40,6 +40,7 @@ from recstack.data.hotcold import (
     parse_fraction,
     recall,
     row_bytes,
+    seen_share,
     select_hot,
 )
 from recstack.data.store import Dataset
@@ -66,6 +67,8 @@ DEFINITIONS = {
     "probability sample)",
     "sampled_access_recall": "sampled_recall with every row weighted by its exact access count: the share of "
     "the exact hot set's accesses that the sampled hot set also holds",
+    "sampled_recall_ceiling": "the share of the exact hot set that the sample saw at all: no set chosen from "
+    "the sample's counts can recall more (when it is low, the sample is too small for this budget)",
     "sampled_hot_input_fraction": "hot_input_fraction of the sampled hot set (what FAE would get)",
     "for_hot_inputs": "set on a budget found by --hot-inputs F: the smallest capacity (to within 1/48 of a "
     "geometric grid step, never below) whose exact hot set makes at least F of the inputs hot",
@@ -267,6 +270,7 @@ def analyze_skew(
                 "sampled_hot_input_fraction": float(fractions[1][i]) if inputs else None,
                 "sampled_recall": recall(exact, exact_sets[i], sampled, sampled_sets[i]),
                 "sampled_access_recall": recall(exact, exact_sets[i], sampled, sampled_sets[i], weighted=True),
+                "sampled_recall_ceiling": seen_share(exact, exact_sets[i], sampled),
                 "for_hot_inputs": wanted.get(b),
             }
         )
@@ -315,10 +319,11 @@ def print_skew(report: dict[str, Any]) -> None:
     if not report["budgets"]:
         return
     hot = Table(title=f"hot sets (sample {data['sample']:.3g}: {data['sampled_inputs']:,} inputs)")
-    for col in ("budget", "hot rows", "hot lookups", "hot inputs", "hot inputs (sampled set)", "sampled recall"):
+    for col in ("budget", "hot rows", "hot lookups", "hot inputs", "hot inputs (sampled set)",
+                "sampled recall (ceiling)"):
         hot.add_column(col, justify="right")
     for b in report["budgets"]:
-        recall_text = "-" if b["sampled_recall"] is None else f"{b['sampled_recall']:.3f}"
+        recall_text = "-" if b["sampled_recall"] is None else f"{b['sampled_recall']:.3f} ({b['sampled_recall_ceiling']:.3f})"
         searched = "" if b.get("for_hot_inputs") is None else f" (for {_pct(b['for_hot_inputs'], 0)})"
         hot.add_row(
             b["budget"] + searched, f"{b['hot_rows']:,}", _pct(b["hot_access_share"]), _pct(b["hot_input_fraction"]),

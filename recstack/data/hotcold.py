@@ -448,6 +448,17 @@ def recall(
     return both / (whole if weighted else exact_set.size)
 
 
+def seen_share(exact: AccessCounts, exact_set: HotSet, sampled: AccessCounts) -> float | None:
+    """The share of the exact hot set that the sample saw at all: no hot set chosen from the sample's
+    counts can recall more (rows it never saw are excluded, as never-seen rows always are). None
+    when the exact set is empty."""
+    if exact_set.size == 0:
+        return None
+    seen = sum(int(np.count_nonzero(exact_set.mask(t, exact.counts[t]) & (sampled.counts[t] > 0)))
+               for t in range(len(exact.counts)))
+    return seen / exact_set.size
+
+
 # ---------------------------------------------------------------------------------------------
 # The stored partition
 # ---------------------------------------------------------------------------------------------
