@@ -192,6 +192,10 @@ def test_hill_climb_monotone_curves():
 def test_hill_climb_ties_continue_and_argmax_takes_the_first_best():
     assert climb([5, 5, 6, 6])[:2] == (2, [0, 1, 2, 3])  # a tie is not worse: go on; the first of the best
     assert climb([5, 5, 4])[:2] == (1, [0, 1, 2])  # stops at 4 < 5, keeps the one before
+    # the same grid rate reached along different paths differs in its last bits: still a tie
+    drift = 172.52852275455766, 172.5285227545576
+    assert drift[1] < drift[0] and climb([*drift, 180.0])[:2] == (2, [0, 1, 2])
+    assert climb([drift[1], drift[0]])[0] == 0  # the first of the best, not the last bit's winner
     with pytest.raises(ConfigError):
         hill_climb([], lambda c: 0.0)
 

@@ -48,6 +48,9 @@ from recstack.serve.protocol import Completion, QueryTarget
 
 T = TypeVar("T")
 FAILED_MS = 1e300
+TIE = 1e-9
+"""Rates within this relative difference are equal: a confirmed rate is a grid point reached by
+multiplying steps, so the same point can differ in its last bits by the path taken."""
 CONFIRM_QUERIES = 100
 
 
@@ -243,10 +246,10 @@ def hill_climb(candidates: Sequence[T], measure: Callable[[T], float]) -> tuple[
     tried: list[tuple[T, float]] = []
     for candidate in candidates:
         tried.append((candidate, measure(candidate)))
-        if len(tried) >= 2 and tried[-1][1] < tried[-2][1]:
+        if len(tried) >= 2 and tried[-1][1] < tried[-2][1] * (1 - TIE):
             return tried[-2][0], tried
-    best = int(np.argmax([value for _, value in tried]))
-    return tried[best][0], tried
+    top = max(value for _, value in tried)
+    return next(c for c, value in tried if value >= top * (1 - TIE)), tried
 
 
 # --- DeepRecSched ----------------------------------------------------------------------------------
@@ -353,7 +356,7 @@ def deeprecsched(
                 if target is not static:
                     target.close()
             trials.append(trial)
-            start[0] = trial.qps
+            start[0] = trial.qps or start[0]  # a configuration that met no rate leaves the start where it was
             notes = [f"{len(trial.updates)} updates", f"settled {trial.settled_qps:.1f}", f"{trial.seconds:.0f} s"]
             notes += ["timed out"] if trial.timed_out else []
             notes += ["at the edge of the rate grid"] if trial.at_grid_edge else []
