@@ -8,6 +8,7 @@ import pytest
 
 from recstack.bench import sched_bound
 from recstack.bench.sched_bound import BoundKnobs, Draws, Machine, Policy, bound, simulate
+from recstack.errors import ConfigError
 from recstack.serve.loadgen import SizeDistribution
 
 NO_MERGE = 1  # max_batch 1: whole queries never merge (a sub-request larger than max_batch leaves alone)
@@ -34,7 +35,9 @@ def test_a_free_worker_merges_queued_queries_up_to_max_batch():
     machine = Machine(cores=1, workers=1, max_batch=1024)
     # the first query finds the worker idle and leaves alone; the two queued behind it leave together
     assert latencies(Policy(), machine, [100, 100, 100]) == pytest.approx([100, 300, 300])
-    assert latencies(Policy(), machine, [600, 600]) == pytest.approx([600, 1200])  # 1200 rows do not fit
+    # a 600-row query leaves alone; of the two queued behind it the second does not fit with the first
+    assert latencies(Policy(), machine, [100, 600, 600]) == pytest.approx([100, 700, 1300])
+    assert latencies(Policy(), machine, [100, 300, 600]) == pytest.approx([100, 1000, 1000])  # 900 rows fit
     # a query arriving while the worker is busy waits for the next batch
     assert latencies(Policy(), machine, [100, 100, 100], [0, 10, 20]) == pytest.approx([100, 290, 280])
 
@@ -70,16 +73,26 @@ def test_the_sustainable_rate_is_the_highest_rate_that_meets_the_target():
     assert sched_bound.sustainable_rate(Policy(), machine, draws, 50.0, low=1e-5, high=0.02) == 0.0
 
 
-def test_on_two_cores_no_policy_reaches_one_and_a_half_times_the_static_rate():
-    """With MLPerf's sizes at 1.5x the static p95 at 10% load, splitting over two cores buys
-    1.2-1.35x in this model (ideal hardware, no per-request overhead): the >= 1.5x target of the
-    serving issue is out of reach of the mechanism on this machine, not of the implementation."""
+def test_on_two_cores_the_best_policy_stays_under_one_and_a_half_times_the_static_rate():
+    """MLPerf's sizes put the static p95 at 10% load on the 700-row queries (target 1,050 row-times)
+    or, in a sample with fewer of them, on the 600-row ones (target 900). Splitting over two cores
+    buys about 1.3x at the first and about 1.45x at the second in this model (ideal cores, no
+    per-batch overhead): at best the edge of the serving issue's >= 1.5x on this machine."""
     knobs = BoundKnobs(batch_sizes=[0, 384, 128], thresholds=[0, 512], queries=6000)
-    result = bound(Machine(cores=2, workers=2), SizeDistribution.parse("mlperf"), knobs)
-    assert result["static_qps"] > 0
-    assert 1.1 < result["ratio"] < 1.5
+    machine, sizes = Machine(cores=2, workers=2), SizeDistribution.parse("mlperf")
+    result = bound(machine, sizes, knobs)
+    assert result["target_s"] == pytest.approx(1.5 * 700) == pytest.approx(1.5 * result["low_load_tail_s"])
+    assert result["static_qps"] > 0 and 1.1 < result["ratio"] < 1.4
     assert result["best"]["sub_batch"] in (384, 128) and result["best"]["offload_threshold"] == 0
-    assert result["target_s"] == pytest.approx(1.5 * result["low_load_tail_s"])
+    tighter = bound(machine, sizes, knobs, target_s=1.5 * 600)
+    assert result["ratio"] < tighter["ratio"] < 1.5
+
+
+def test_the_static_policy_is_measured_even_when_the_grid_leaves_it_out():
+    result = bound(Machine(), SizeDistribution.parse("fixed:200"), BoundKnobs(batch_sizes=[128], thresholds=[0],
+                                                                               queries=2000))
+    assert [(p["sub_batch"], p["offload_threshold"]) for p in result["policies"]] == [(0, 0), (128, 0)]
+    assert result["static_qps"] > 0
 
 
 def test_the_command_prints_the_grid_and_writes_its_report(tmp_path, capsys):
@@ -97,6 +110,21 @@ def test_bad_arguments_get_one_line(argv, capsys):
     assert sched_bound.main(argv + ["--queries", "200"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
+
+
+def test_the_accelerator_pool_merges_too():
+    machine = Machine(cores=1, workers=1, accelerator_workers=1, accelerator_speed=1.0, max_batch=1024)
+    assert latencies(Policy(offload_threshold=200), machine, [300, 300, 300]) == pytest.approx([300, 900, 900])
+
+
+def test_bad_machines_and_arrivals_are_refused():
+    with pytest.raises(ConfigError):
+        latencies(Policy(offload_threshold=100), Machine(accelerator_workers=0), [100, 200])
+    for arrivals in ([0.0, np.nan], [1.0, 0.0]):
+        with pytest.raises(ValueError):
+            latencies(Policy(), Machine(), [100, 100], arrivals)
+    with pytest.raises(ConfigError):
+        bound(Machine(), SizeDistribution.parse("mlperf"), BoundKnobs(batch_sizes=[], queries=200))
 
 
 def test_an_accelerator_of_its_own_does_not_take_the_cores():
