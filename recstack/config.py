@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -141,6 +142,15 @@ class Config:
         return dataclasses.asdict(self)
 
 
+def split_int_list(text: str, what: str) -> list[str]:
+    """'512,256,64' or DeepRecSys's '512-256-64' into its items. An empty item (a leading '-', ',-',
+    '--', a trailing separator) is an error: '-8' must not silently become 8."""
+    parts = [p.strip() for p in re.split(r"[,-]", text.strip())]
+    if not text.strip() or any(not p for p in parts):
+        raise ConfigError(f"{what}: expected non-negative integers separated by ',' or '-', got {text!r}")
+    return parts
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Convert a YAML or command-line value to the annotated type, or raise ConfigError."""
     origin = typing.get_origin(annotation)
@@ -160,8 +170,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if origin is list:
         (item_type,) = args
         if isinstance(value, str):
-            parts = [p for p in value.replace("-", ",").split(",") if p.strip()] if item_type is int else value.split(",")
-            value = parts
+            value = split_int_list(value, key) if item_type is int else value.split(",")
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key {key}: expected a list, got {value!r}")
         return [_coerce(v, item_type, key) for v in value]

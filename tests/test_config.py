@@ -24,6 +24,8 @@ def test_precedence_and_types(tmp_path):
     "tokens, message",
     [
         (["--train.batch_size", "1.5"], "expected an integer"),
+        (["--model.bottom_mlp=16,-8"], "separated by"),  # not silently [16, 8]
+        (["--model.bottom_mlp=16,"], "separated by"),
         (["--train.shuffle", "1"], "unknown config key"),
         (["--data.shuffle", "maybe"], "expected true or false"),
         (["--train", "1"], "is a section"),

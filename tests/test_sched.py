@@ -405,6 +405,11 @@ def test_sched_command_on_the_tiny_model_writes_the_report_keys(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--model", "tiny", "--batch-sizes", "a,b"], "expected sizes"),
     (["--model", "tiny", "--target-p95-ms", "-1"], "must be positive"),
+    (["--model", "tiny", "--batch-sizes", "-1"], "expected sizes"),  # not silently b = 1
+    (["--model", "tiny", "--thresholds", "0,-512"], "expected sizes"),
+    (["--model", "tiny", "--trial-seconds", "nan"], "finite"),
+    (["--model", "tiny", "--stable-region", "nan"], "finite"),
+    (["--model", "tiny", "--target-p95-ms", "nan"], "finite"),
     (["--model", "nosuch"], "unknown model preset"),
 ])
 def test_sched_command_bad_input_is_one_line(argv, message, capsys):

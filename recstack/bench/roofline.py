@@ -483,9 +483,12 @@ def roofline_samples_per_s(
 
 
 def _widths(text: str) -> list[int]:
+    from recstack.config import split_int_list
+    from recstack.errors import ConfigError
+
     try:
-        widths = [int(w) for w in text.replace("-", ",").split(",") if w.strip()]
-    except ValueError:
+        widths = [int(w) for w in split_int_list(text, "widths")]
+    except (ValueError, ConfigError):
         raise argparse.ArgumentTypeError(
             f"expected comma-separated layer widths like 13,512,256,64, got {text!r}"
         ) from None

@@ -21,6 +21,7 @@ from recstack.bench import roofline
 from recstack.config import resolve
 from recstack.data.loader import BatchLoader
 from recstack.data.store import Dataset
+from recstack.errors import ConfigError
 from recstack.models.zoo import build_model, describe
 from recstack.progress import console, is_quiet, say
 from recstack.report import new_report, write_report
@@ -94,6 +95,9 @@ def bench_train(
     # loader over shuffled rows of the memory-mapped dataset. Rounds alternate (a) and (b), so
     # machine noise hits both alike; the figures use the median step time over all rounds.
     resident = list(islice(trainer.loader.epoch(0), 16))
+    if not resident:
+        raise ConfigError(f"bench train: {trainer.train_rows:,} training rows make no batch of {batch_size:,}",
+                          "use more --rows or a smaller --train.batch_size")
     _step_times(trainer, cycle(resident), WARMUP_STEPS)
     # each (a) round discards the steps served from the queue filled during (b): keep some after them
     per_round = max(steps // ROUNDS, config.data.prefetch + 8)
@@ -104,10 +108,13 @@ def bench_train(
     for _ in range(ROUNDS):
         compute_times += _step_times(trainer, cycle(resident), per_round)
         got = _step_times(trainer, loading, per_round)
-        if len(got) < per_round:  # the epoch ran out: continue with the next one
+        while len(got) < per_round:  # the epoch ran out: continue with the next one
             epoch += 1
             loading = trainer.loader.epoch(epoch)
-            got += _step_times(trainer, loading, per_round - len(got))
+            more = _step_times(trainer, loading, per_round - len(got))
+            if not more:
+                raise ConfigError(f"bench train: {trainer.train_rows:,} training rows make no batch of {batch_size:,}")
+            got += more
         # the loader's queue filled up during the (b) round: count only steps after it drained
         loaded_times += got[config.data.prefetch + 1 :]
     loading.close()

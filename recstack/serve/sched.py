@@ -524,13 +524,12 @@ def plot_trajectory(report: dict[str, Any], path: str | Path) -> tuple[Path | No
 
 
 def _int_list(text: str) -> list[int]:
+    from recstack.config import split_int_list
+
     try:
-        values = [int(v) for v in text.replace("-", ",").split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected sizes >= 0 separated by commas, got {text!r}")
-    return values
+        return [int(v) for v in split_int_list(text, "sizes")]
+    except (ValueError, ConfigError):
+        raise argparse.ArgumentTypeError(f"expected sizes >= 0 separated by commas, got {text!r}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -579,11 +578,21 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     from recstack.serve.engine import freeze_heap
     from recstack.serve.loadgen import engine_factory, workload_from
 
+    floats = {"--target-factor": args.target_factor, "--stable-region": args.stable_region,
+              "--trial-seconds": args.trial_seconds, "--confirm-seconds": args.confirm_seconds}
+    if args.target_p95_ms is not None:
+        floats["--target-p95-ms"] = args.target_p95_ms
+    for option, value in floats.items():
+        if not math.isfinite(value):
+            raise ConfigError(f"{option} must be a finite number, not {value}")
     if (args.target_p95_ms is not None and args.target_p95_ms <= 0) or args.target_factor <= 0:
         raise ConfigError("--target-p95-ms and --target-factor must be positive")
+    if args.stable_region < 0:
+        raise ConfigError("--stable-region must be >= 0")
     if args.granularity < 1 or args.confirm_seconds < 0 or args.trial_seconds <= 0 or args.grid_steps < 2 \
             or args.confirm_steps < 0:
-        raise ConfigError("--granularity and --trial-seconds must be positive, --grid-steps at least 2")
+        raise ConfigError("--granularity and --trial-seconds must be positive, --confirm-seconds and --confirm-steps "
+                          ">= 0, --grid-steps at least 2")
     knobs = SchedKnobs(
         batch_sizes=args.batch_sizes, thresholds=args.thresholds, target_ms=args.target_p95_ms,
         target_factor=args.target_factor, granularity=args.granularity, stable_region=args.stable_region,
