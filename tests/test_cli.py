@@ -92,6 +92,25 @@ def test_predict_scores_every_line_and_marks_rejects(criteo_checkpoint, tmp_path
     assert rep["rows_read"] == 500 and rep["rows_rejected"] == 2 and rep["rows_scored"] == 498
 
 
+def test_predict_on_a_damaged_gzip_scores_what_it_can_read_and_says_where_it_stopped(criteo_checkpoint, tmp_path):
+    import gzip
+
+    _, _, ckpt = criteo_checkpoint
+    data = shared_data("criteo", "test_unlabeled_sample.tsv").read_bytes()
+    compressed = bytearray(gzip.compress(data))
+    for i in range(60):
+        compressed[len(compressed) // 2 + i] ^= 0xFF
+    raw = tmp_path / "in.tsv.gz"
+    raw.write_bytes(bytes(compressed))
+    out, report = tmp_path / "scores.txt", tmp_path / "predict.json"
+    proc = run("predict", "--checkpoint", str(ckpt), "--input", str(raw), "--output", str(out), "--report", str(report),
+               "--quiet")
+    rep = json.loads(report.read_text())
+    assert rep["rows_read"] >= 3000 and len(out.read_text().splitlines()) == rep["rows_read"]
+    assert rep["notes"] and "gzip stream ends early" in rep["notes"][0]
+    assert "warning:" in proc.stderr and "gzip stream ends early" in proc.stderr  # said even with --quiet
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -400,6 +400,9 @@ class RawChunk:
     input_bytes: int = 0
 
 
+GZIP_READ_BYTES = 1 << 16
+
+
 class _GzipEnded(Exception):
     """A gzip stream that ends before its end-of-stream marker, or is corrupt."""
 
@@ -419,7 +422,7 @@ def _gzip_blocks(fh, block_bytes: int, consumed: list[int]) -> Iterator[bytes]:
     decoder = zlib.decompressobj(wbits=31)
     member_started = False
     pending = b""
-    read_size = max(1 << 16, block_bytes // 4)
+    read_size = GZIP_READ_BYTES  # small: a corrupt piece loses what it alone would have decoded
     while True:
         if not pending:
             pending = fh.read(read_size)

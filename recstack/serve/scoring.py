@@ -5,6 +5,7 @@ Criteo lines are mapped to ids exactly as at training time (unseen values go to 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,7 +119,11 @@ class ScoringModel:
             yield chunk, batches
 
 
-def _reject_summary(chunks_rejects: dict[str, int], examples: dict[str, list[dict[str, Any]]], chunk) -> None:
+def _reject_summary(chunks_rejects: dict[str, int], examples: dict[str, list[dict[str, Any]]], chunk,
+                    notes: list[str]) -> None:
+    for note in chunk.notes:  # e.g. a gzip stream that broke: the lines after it were never read
+        notes.append(note)
+        print(f"warning: {note}", file=sys.stderr)
     for line, name in zip(chunk.reject_lines.tolist(), chunk.reject_names()):
         chunks_rejects[name] = chunks_rejects.get(name, 0) + 1
         if len(examples.setdefault(name, [])) < 5:
@@ -147,17 +152,20 @@ def evaluate_command(
         accumulator = MetricAccumulator()
         rejects: dict[str, int] = {}
         examples: dict[str, list[dict[str, Any]]] = {}
+        notes: list[str] = []
         rows_read = 0
         for chunk, batches in scorer.raw_batches(raw_input, has_label=True, batch_size=batch_size):
             rows_read += chunk.num_lines
-            _reject_summary(rejects, examples, chunk)
+            _reject_summary(rejects, examples, chunk, notes)
             for batch in batches:
                 accumulator.update(batch.labels.numpy(), scorer.predict(batch).numpy())
         if accumulator.count == 0:
-            raise DataError(f"{raw_input}: no labelled row could be read ({rows_read} rows, all rejected)")
+            why = f"; {notes[0]}" if notes else ""
+            raise DataError(f"{raw_input}: no labelled row could be read ({rows_read} rows, all rejected){why}")
         metrics = accumulator.compute()
         report.update({"input": raw_input, "rows_read": rows_read, "rows_kept": rows_read - sum(rejects.values()),
-                       "rows_rejected": sum(rejects.values()), "rejects_by_reason": rejects, "reject_examples": examples})
+                       "rows_rejected": sum(rejects.values()), "rejects_by_reason": rejects, "reject_examples": examples,
+                       "notes": notes})
     seconds = time.perf_counter() - start
     report["metrics"] = metrics
     report["throughput"] = {"samples_per_s": metrics["count"] / seconds if seconds else None, "seconds": seconds}
@@ -180,6 +188,7 @@ def predict_command(
     scorer = ScoringModel(checkpoint_path)
     rejects: dict[str, int] = {}
     examples: dict[str, list[dict[str, Any]]] = {}
+    notes: list[str] = []
     rows_read = written = 0
     start = time.perf_counter()
     out_path = Path(output)
@@ -192,7 +201,7 @@ def predict_command(
             next_line = 1
             for chunk, batches in scorer.raw_batches(raw_input, has_label=None, batch_size=batch_size):
                 rows_read += chunk.num_lines
-                _reject_summary(rejects, examples, chunk)
+                _reject_summary(rejects, examples, chunk, notes)
                 if chunk.num_lines == 0:
                     continue
                 first = min(int(chunk.lines.min()) if chunk.num_kept else 1 << 62,
@@ -213,7 +222,7 @@ def predict_command(
     report.update({
         "checkpoint": scorer.path, "input": raw_input, "output": str(out_path), "rows_read": rows_read,
         "rows_scored": rows_read - sum(rejects.values()), "rows_rejected": sum(rejects.values()),
-        "rejects_by_reason": rejects, "reject_examples": examples,
+        "rejects_by_reason": rejects, "reject_examples": examples, "notes": notes,
         "throughput": {"samples_per_s": rows_read / seconds if seconds else None, "seconds": seconds},
     })
     write_report(report_path, report)
