@@ -151,6 +151,14 @@ def split_int_list(text: str, what: str) -> list[str]:
     return parts
 
 
+def parse_int_list(text: str, what: str) -> list[int]:
+    """`split_int_list`, each item an integer (the command line's lists of sizes and widths)."""
+    try:
+        return [int(p) for p in split_int_list(text, what)]
+    except ValueError:
+        raise ConfigError(f"{what}: expected non-negative integers separated by ',' or '-', got {text!r}") from None
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Convert a YAML or command-line value to the annotated type, or raise ConfigError."""
     origin = typing.get_origin(annotation)

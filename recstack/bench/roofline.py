@@ -55,6 +55,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from recstack.config import parse_int_list
+from recstack.errors import ConfigError
+
 __all__ = [
     "gather_bandwidth_gbs",
     "matmul_gflops",
@@ -483,12 +486,9 @@ def roofline_samples_per_s(
 
 
 def _widths(text: str) -> list[int]:
-    from recstack.config import split_int_list
-    from recstack.errors import ConfigError
-
     try:
-        widths = [int(w) for w in split_int_list(text, "widths")]
-    except (ValueError, ConfigError):
+        widths = parse_int_list(text, "widths")
+    except ConfigError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated layer widths like 13,512,256,64, got {text!r}"
         ) from None

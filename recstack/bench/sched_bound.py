@@ -40,12 +40,14 @@ from typing import Any
 
 import numpy as np
 
+from recstack.config import parse_int_list
 from recstack.errors import ConfigError, RecstackError
 from recstack.serve.batching import split_bounds
+from recstack.serve.engine import EngineConfig
 from recstack.serve.loadgen import SizeDistribution
 from recstack.serve.sched import SchedKnobs
 
-DEFAULT_MAX_BATCH = 1024  # EngineConfig.max_batch
+DEFAULT_MAX_BATCH = EngineConfig.max_batch
 
 
 @dataclass(frozen=True)
@@ -246,13 +248,6 @@ def bound(machine: Machine, distribution: SizeDistribution, knobs: BoundKnobs,
     }
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"expected a comma-separated list of integers, got {text!r}") from None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recstack.bench.sched_bound", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cores", type=int, default=2)
@@ -283,8 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               "--target-rows > 0, --overhead >= 0, --accelerator-speed >= 0, --max-batch >= 1")
         machine = Machine(args.cores, args.workers or args.cores, accelerator_speed=args.accelerator_speed,
                           overhead_s=args.overhead, max_batch=args.max_batch)
-        knobs = BoundKnobs(_int_list(args.batch_sizes), _int_list(args.thresholds), args.target_factor,
-                           queries=args.queries, seed=args.seed)
+        knobs = BoundKnobs(parse_int_list(args.batch_sizes, "--batch-sizes"), parse_int_list(args.thresholds, "--thresholds"),
+                           args.target_factor, queries=args.queries, seed=args.seed)
         result = bound(machine, SizeDistribution.parse(args.sizes, args.max_size), knobs, target_s=args.target_rows)
     except RecstackError as exc:
         print(f"error: {exc}", file=sys.stderr)

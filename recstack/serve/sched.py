@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from recstack.config import parse_int_list
 from recstack.errors import ConfigError
 from recstack.serve.loadgen import (
     QueryFactory,
@@ -524,11 +525,9 @@ def plot_trajectory(report: dict[str, Any], path: str | Path) -> tuple[Path | No
 
 
 def _int_list(text: str) -> list[int]:
-    from recstack.config import split_int_list
-
     try:
-        return [int(v) for v in split_int_list(text, "sizes")]
-    except (ValueError, ConfigError):
+        return parse_int_list(text, "sizes")
+    except ConfigError:
         raise argparse.ArgumentTypeError(f"expected sizes >= 0 separated by commas, got {text!r}") from None
 
 
