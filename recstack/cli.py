@@ -8,6 +8,7 @@ import sys
 from contextlib import contextmanager
 from typing import Any
 
+from recstack.argtypes import positive_int
 from recstack.errors import ConfigError, RecstackError
 
 
@@ -156,16 +157,6 @@ def _report_on_data_error(command: str, report_path: str | None):
         raise
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def _no_extra(extra: list[str]) -> None:
     if extra:
         raise ConfigError(f"unexpected arguments: {' '.join(extra)}")
@@ -228,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--data", metavar="DIR", help="a prepared dataset")
     source.add_argument("--input", metavar="RAW_FILE", help="a raw labelled file (Criteo TSV), mapped by the checkpoint's vocabulary")
     evaluate.add_argument("--split", default="test", help="split of --data to evaluate (default: test)")
-    evaluate.add_argument("--batch-size", type=_positive_int, default=16384)
+    evaluate.add_argument("--batch-size", type=positive_int, default=16384)
     _add_common(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -236,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--checkpoint", required=True, metavar="C")
     predict.add_argument("--input", required=True, metavar="RAW_FILE", help="Criteo TSV with or without the label column")
     predict.add_argument("--output", required=True, metavar="FILE")
-    predict.add_argument("--batch-size", type=_positive_int, default=16384)
+    predict.add_argument("--batch-size", type=positive_int, default=16384)
     _add_common(predict)
     predict.set_defaults(func=cmd_predict)
 
@@ -250,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     ids.add_argument("--hash-buckets", type=int, metavar="N", help="hash ids into N rows (no vocabulary pass)")
     criteo.add_argument("--split-tail", type=float, default=0.0, metavar="F", help="keep the last fraction F as the test split")
     criteo.add_argument("--strict", action="store_true", help="stop at the first bad row")
-    criteo.add_argument("--workers", type=_positive_int, default=2, help="parser processes (default 2)")
+    criteo.add_argument("--workers", type=positive_int, default=2, help="parser processes (default 2)")
     _add_common(criteo)
     criteo.set_defaults(func=cmd_prepare_criteo)
 
@@ -265,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     synth = data.add_parser("synth", help="synthetic data with per-table skew and pooling")
     synth.add_argument("--preset", default="criteo-kaggle")
-    synth.add_argument("--rows", type=_positive_int, required=True)
+    synth.add_argument("--rows", type=positive_int, required=True)
     synth.add_argument("--out", required=True, metavar="DIR")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--scale", type=float, default=1.0, help="multiply every table's rows")
@@ -307,8 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_train.add_argument("--preset", default="criteo-kaggle")
     bench_train.add_argument("--config", metavar="FILE")
-    bench_train.add_argument("--rows", type=_positive_int, default=1 << 20, help="synthetic rows to read (default 1Mi)")
-    bench_train.add_argument("--steps", type=_positive_int, default=200, help="measured steps per variant")
+    bench_train.add_argument("--rows", type=positive_int, default=1 << 20, help="synthetic rows to read (default 1Mi)")
+    bench_train.add_argument("--steps", type=positive_int, default=200, help="measured steps per variant")
     _add_common(bench_train)
     bench_train.set_defaults(func=cmd_bench_train)
     _plug({(): verbs, ("data",): data, ("data", "prepare"): prepare, ("analyze",): analyze, ("bench",): bench})
