@@ -140,3 +140,28 @@ def test_published_size_presets_train_on_a_24_gib_machine(preset, tmp_path):
     assert result["model"]["embedding_bytes"] >= 0.08e9  # NCF's 86 MB is the smallest
     assert result["throughput"]["steps"] == 8
     assert peak_gib < 20, f"{preset} peaked at {peak_gib:.1f} GiB"
+
+
+def test_build_model_refuses_what_cannot_fit_before_allocating(monkeypatch, tmp_path):
+    """The model is sized on the meta device first: the floor counts exactly the tables, their
+    optimizer state and the dense parameters the real build allocates, and a model above the memory
+    available is refused with one line instead of an allocator traceback or the OOM killer."""
+    from recstack import memory
+    from recstack.memory import CapacityError
+    from recstack.models.zoo import training_bytes
+
+    config = _config("tiny")
+    config.train.sparse_optimizer = "rowwise_adagrad"
+    generate(config.data.synth_preset, 256, tmp_path / "data", seed=1)
+    schema = Dataset(tmp_path / "data").schema
+    model = build_model(config, schema)
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    dense = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert any("optimizer_state" in name for name, _ in model.named_buffers())
+    assert training_bytes(model) == buffers + 4 * dense
+    monkeypatch.setattr(memory, "available_memory", lambda: training_bytes(model) - 1)
+    with pytest.raises(CapacityError, match=r"model dlrm \(preset tiny, scale 1\) needs .* of memory, but .* is "
+                                            r"available \(lower --model.scale"):
+        build_model(config, schema)
+    monkeypatch.setattr(memory, "available_memory", lambda: training_bytes(model))
+    build_model(config, schema)

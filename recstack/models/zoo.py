@@ -18,6 +18,7 @@ from recstack.data.batch import Batch
 from recstack.data.store import Schema, SparseFeature
 from recstack.embeddings import SparseOptimizerConfig
 from recstack.errors import ConfigError
+from recstack.memory import require_memory
 from recstack.models.base import DataLayout, ModelContext, RecModel
 
 MODELS: dict[str, str] = {
@@ -111,8 +112,23 @@ def builder(name: str):
 
 
 def build_model(config: Config, schema: Schema, device: torch.device | str = "cpu") -> RecModel:
-    context = ModelContext(config.model, data_layout(config, schema), sparse_optimizer_config(config.train), device)
-    return builder(config.model.name)(context)
+    layout, sparse_optimizer = data_layout(config, schema), sparse_optimizer_config(config.train)
+    build = builder(config.model.name)
+    if torch.device(device).type == "cpu":
+        require_memory(
+            training_bytes(build(ModelContext(config.model, layout, sparse_optimizer, "meta"))),
+            f"model {config.model.name} (preset {config.model.preset}, scale {config.model.scale:g})",
+            hint="lower --model.scale, or train on a machine with more memory",
+        )
+    return build(ModelContext(config.model, layout, sparse_optimizer, device))
+
+
+def training_bytes(model: RecModel) -> int:
+    """A floor on what training the model holds in memory: its tables with their optimizer state
+    (buffers), and its dense parameters with a gradient and up to two optimizer moments (Adam).
+    Exact on a model built on the "meta" device, which allocates nothing."""
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    return buffers + 4 * sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def describe(model: RecModel, batch: Batch | None = None) -> dict[str, Any]:
