@@ -4,6 +4,7 @@ instead of parsing prints."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from recstack.errors import ConfigError
 
 
 def _git_commit() -> str | None:
@@ -77,12 +80,32 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
-def write_report(path: str | Path | None, report: dict[str, Any]) -> None:
-    """Write atomically (a reader never sees half a report)."""
+def check_output_path(path: str | Path | None, option: str = "--report", example: str = "report.json") -> None:
+    """Refuse an output file (`option`) that could not be written, before the work whose figures it
+    would hold: a directory, or a folder that cannot be made or written to."""
     if not path:
         return
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a directory; name a file (e.g. {path / example})")
+    folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: cannot write under {folder} ("
+                          f"{'not a directory' if not folder.is_dir() else 'no permission'})")
+
+
+def write_report(path: str | Path | None, report: dict[str, Any]) -> None:
+    """Write atomically (a reader never sees half a report); a write that fails leaves nothing behind."""
+    if not path:
+        return
+    check_output_path(path)
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=_default) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(report, indent=2, default=_default) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

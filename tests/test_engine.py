@@ -20,7 +20,7 @@ from torch import nn
 
 from recstack.data.batch import Batch, JaggedFeatures
 from recstack.errors import ConfigError
-from recstack.serve.batching import RowSlicer, concat_batches, merge_rows, split_bounds
+from recstack.serve.batching import BatchQueue, RowSlicer, SubRequest, concat_batches, merge_rows, split_bounds
 from recstack.serve.engine import EngineConfig, EngineOverloaded, InferenceEngine, InferenceError
 from recstack.serve.protocol import Completion, Query
 from tests.conftest import REPO
@@ -224,6 +224,9 @@ def test_engine_config_errors_are_one_line(tiny):
         (EngineConfig(workers=0), ">= 1"),
         (EngineConfig(offload_threshold=4, accelerator="none"), "needs an accelerator"),
         (EngineConfig(max_wait_ms=float("nan")), "max_wait_ms"),
+        (EngineConfig(max_wait_ms=1e300), "max_wait_ms must be a number in \\[0, 60000\\]"),  # killed the workers
+        (EngineConfig(workers=100_000), "workers must be at most 256"),
+        (EngineConfig(threads_per_worker=100_000), "threads_per_worker must be at most 256"),
         (EngineConfig(queue_limit=-1), "queue_limit"),
     ]:
         with pytest.raises(ConfigError, match=match):
@@ -294,6 +297,19 @@ def test_a_lone_request_waits_at_most_max_wait_and_a_full_batch_leaves_at_once(t
         engine.close()
     assert 0.15 <= lone.latency < 0.15 + 0.35
     assert max(c.latency for c in full) < 0.1  # 8 rows fill the batch: no waiting for the deadline
+
+
+def test_a_batch_queue_with_an_enormous_wait_still_hands_out_its_rows_on_close(tiny):
+    # Condition.wait(1e300) raises OverflowError: the collecting worker died and its rows were lost
+    queue = BatchQueue(max_batch=8, max_wait_s=1e300)
+    queue.put([SubRequest(None, 0, 3, RowSlicer(tagged_batch(tiny, 3)))])
+    box: dict = {}
+    taker = threading.Thread(target=lambda: box.update(taken=queue.take()), daemon=True)
+    taker.start()
+    time.sleep(0.1)
+    queue.close()
+    taker.join(10)
+    assert [r.size for r in box["taken"]] == [3] and queue.take() is None
 
 
 def test_queue_limit_sheds_at_once_then_recovers(tiny):

@@ -126,8 +126,9 @@ def test_sizes_are_clipped_to_one_and_the_maximum():
     assert SizeDistribution.parse("mlperf", max_size=250).sample(1000, rng()).max() == 250
 
 
-@pytest.mark.parametrize("spec", ["normal:1", "gamma:2,3", "fixed:x", "file:", "normal:10,-1"])
-def test_bad_size_specs_are_one_line_errors(spec):
+@pytest.mark.parametrize("spec", ["normal:1", "gamma:2,3", "fixed:x", "file:", "normal:10,-1",
+                                  "fixed:-3", "fixed:0", "fixed:2000", "mlperf:3"])
+def test_bad_size_specs_are_one_line_errors(spec):  # a fixed size is not clipped: 1..max_size or an error
     with pytest.raises(ConfigError):
         SizeDistribution.parse(spec)
 
@@ -389,6 +390,63 @@ def test_http_target_without_a_server_is_a_config_error():
         HttpTarget("localhost:8000")
 
 
+@pytest.mark.parametrize("url, message", [
+    ("http://[::1", "Invalid IPv6 URL"),
+    ("ftp://127.0.0.1:80", "http://host:port"),
+    ("http://127.0.0.1:70000", "out of range"),
+    ("http://127.0.0.1:-1", "could not be cast"),
+    ("http://127.0.0.1 :9", "http://host:port"),  # was http.client's InvalidURL traceback
+    ("http://127.0.0.1:0", "port 0"),  # was silently port 80
+    ("http://127.0.0.1:8000/v2?x=1", "no path"),  # was silently dropped
+])
+def test_malformed_urls_are_config_errors(url, message):
+    from recstack.serve.http_target import HttpTarget, parse_url
+
+    with pytest.raises(ConfigError, match=message):
+        HttpTarget(url)
+    assert parse_url("http://127.0.0.1:8000/") == ("127.0.0.1", 8000) and parse_url("http://[::1]") == ("::1", 80)
+
+
+def test_a_server_gone_after_its_health_check_gives_counted_errors_in_the_report(tmp_path):
+    """A server that answers /health and then stops listening: every query is an error with its
+    reason in the report (the Offline line used to fail on the missing items/s), none hangs."""
+    import http.server
+
+    from recstack.cli import main
+
+    class HealthThenGone(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.server.socket.close()  # before answering: nothing listens once the client has its answer
+            body = b'{"model": "fake"}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), HealthThenGone)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    report = tmp_path / "gone.json"
+    assert main(["loadgen", "--url", f"http://127.0.0.1:{server.server_address[1]}", "--scenario", "offline",
+                 "--queries", "3", "--report", str(report), "--quiet"]) == 0
+    body = json.loads(report.read_text())
+    assert body["requests"] == body["errors"] == 3 and body["completed"] == 0 and body["achieved_qps"] is None
+    assert "ConnectionRefusedError" in body["error_examples"][0]
+    assert body["target_stats"]["client"]["errors"] == 3 + 3 and body["target_stats"]["server_health"] is None  # 3 warm-up queries too
+
+
+def test_a_run_over_the_query_cap_is_refused_before_its_arrays_are_drawn():
+    from recstack.serve.loadgen import MAX_QUERIES, check_query_count
+
+    with pytest.raises(ConfigError, match="MAX_QUERIES"):
+        timed_schedule(Arrivals("poisson", 1e12, rng()), 10.0)  # would be 8 TB of gaps
+    with pytest.raises(ConfigError, match="makes 1e[+]07 queries"):
+        check_query_count(MAX_QUERIES + 1, "--queries")
+    check_query_count(MAX_QUERIES, "--queries")  # the cap itself is allowed
+
+
 # --- synthetic queries and the command -------------------------------------------------------------
 
 
@@ -432,11 +490,25 @@ def test_loadgen_command_writes_a_report_and_plot(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--preset", "tiny", "--sizes", "gamma:1"], "not understood"),
+    (["--preset", "tiny", "--sizes", "fixed:-3"], "a fixed size must be in [1, --max-size 1024]"),
     (["--preset", "tiny"], "needs --rate"),
     (["--rate", "10"], "name a model"),
     (["--preset", "tiny", "--rate", "10", "--model.depth", "3"], "only --model.scale"),
     (["--url", "http://127.0.0.1:9", "--rate", "10", "--sub-batch", "8"], "the server's"),
+    (["--url", "http://127.0.0.1:9", "--rate", "10", "--workers", "4"], "the server's"),
+    (["--url", "http://127.0.0.1:70000", "--rate", "10"], "out of range"),
     (["--preset", "tiny", "--scenario", "overload", "--rate", "10"], "--target-p95-ms"),
+    # options the scenario would ignore
+    (["--preset", "tiny", "--rate", "10", "--trace", "t.txt"], "--trace applies to --scenario trace"),
+    (["--preset", "tiny", "--rate", "10", "--factor", "2"], "--factor applies to --scenario overload"),
+    (["--preset", "tiny", "--scenario", "offline", "--rate", "10"], "--rate applies to --scenario server or overload"),
+    (["--preset", "tiny", "--scenario", "offline", "--target-p95-ms", "5"], "--target-p95-ms applies"),
+    (["--preset", "tiny", "--rate", "10", "--accelerator", "cuda"], "--offload-threshold"),
+    # runs too large to hold in memory (were exit 137)
+    (["--preset", "tiny", "--rate", "1e12"], "MAX_QUERIES"),
+    (["--preset", "tiny", "--rate", "10", "--duration", "1e9"], "MAX_QUERIES"),
+    (["--preset", "tiny", "--scenario", "offline", "--queries", "1000000000000"], "MAX_QUERIES"),
+    (["--preset", "tiny", "--scenario", "overload", "--rate", "1e7", "--target-p95-ms", "5"], "MAX_QUERIES"),
 ])
 def test_loadgen_command_bad_input_is_one_line(argv, message, capsys):
     from recstack.cli import main
@@ -444,3 +516,52 @@ def test_loadgen_command_bad_input_is_one_line(argv, message, capsys):
     assert main(["loadgen", *argv, "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--percentile", "150"], "--percentile: expected a percentile in [0, 100]"),
+    (["--percentile", "-1"], "--percentile: expected a percentile in [0, 100]"),
+    (["--percentile", "nan"], "--percentile: expected a percentile in [0, 100]"),
+    (["--sweep", "-1"], "--sweep: expected a positive integer"),
+    (["--duration", "nan"], "--duration: expected a finite number > 0"),
+    (["--duration", "inf"], "--duration: expected a finite number > 0"),
+    (["--warmup", "nan"], "--warmup: expected a finite number >= 0"),
+    (["--seed", "-1"], "--seed: expected a seed"),
+    (["--workers", "100000"], "--workers: expected a number of workers in [1, 256]"),
+    (["--max-size", "0"], "--max-size: expected a query size"),
+    (["--rates", "5,6", "--rate", "5"], "argument --rate: not allowed with argument --rates"),
+    (["--rate", "5", "--sweep", "3"], "argument --sweep: not allowed with argument --rate"),
+    (["--rate", "5", "--mean-gap-ms", "3"], "argument --mean-gap-ms: not allowed with argument --rate"),
+])
+def test_loadgen_options_out_of_range_are_refused_by_argparse(argv, message, capsys):
+    from recstack.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["loadgen", "--preset", "tiny", *argv])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, example", [("--report", "report.json"), ("--plot", "plot.png")])
+def test_an_output_path_that_cannot_be_written_is_refused_before_the_run(tmp_path, option, example, capsys):
+    from recstack.cli import main
+
+    (tmp_path / "afile").write_text("")
+    for path, message in ((tmp_path, f"is a directory; name a file (e.g. {tmp_path / example})"),
+                          (tmp_path / "afile" / "x", "cannot write under")):
+        assert main(["loadgen", "--preset", "tiny", "--rates", "5,6", option, str(path), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {option} ") and message in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_write_report_into_a_directory_leaves_nothing_behind(tmp_path):
+    from recstack.report import write_report
+
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(ConfigError, match="is a directory"):
+        write_report(tmp_path / "adir", {"a": 1})
+    with pytest.raises(TypeError):  # a failed write removes its temporary file
+        write_report(tmp_path / "r.json", {"a": object()})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir"]
+    write_report(tmp_path / "new" / "r.json", {"a": 1})
+    assert json.loads((tmp_path / "new" / "r.json").read_text()) == {"a": 1}

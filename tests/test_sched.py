@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from recstack.errors import ConfigError
 from recstack.serve import sched
@@ -404,13 +405,24 @@ def test_sched_command_on_the_tiny_model_writes_the_report_keys(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--model", "tiny", "--batch-sizes", "a,b"], "expected sizes"),
-    (["--model", "tiny", "--target-p95-ms", "-1"], "must be positive"),
+    (["--model", "tiny", "--target-p95-ms", "-1"], "argument --target-p95-ms: expected a finite number > 0"),
     (["--model", "tiny", "--batch-sizes", "-1"], "expected sizes"),  # not silently b = 1
     (["--model", "tiny", "--thresholds", "0,-512"], "expected sizes"),
-    (["--model", "tiny", "--trial-seconds", "nan"], "finite"),
-    (["--model", "tiny", "--stable-region", "nan"], "finite"),
-    (["--model", "tiny", "--target-p95-ms", "nan"], "finite"),
+    (["--model", "tiny", "--trial-seconds", "nan"], "argument --trial-seconds: expected seconds in (0, 86400]"),
+    (["--model", "tiny", "--stable-region", "nan"], "argument --stable-region: expected a finite number >= 0"),
+    (["--model", "tiny", "--target-p95-ms", "nan"], "argument --target-p95-ms: expected a finite number > 0"),
+    # each option its own message (was one message naming five options)
+    (["--model", "tiny", "--confirm-seconds", "-1"], "argument --confirm-seconds: expected seconds in [0, 86400]"),
+    (["--model", "tiny", "--confirm-steps", "-1"], "argument --confirm-steps: expected an integer >= 0"),
+    (["--model", "tiny", "--granularity", "0"], "argument --granularity: expected a positive integer"),
+    (["--model", "tiny", "--grid-steps", "1"], "argument --grid-steps: expected an integer in [2, 10000]"),
+    (["--model", "tiny", "--grid-steps", "1000000000"], "argument --grid-steps: expected an integer in [2, 10000]"),
+    (["--model", "tiny", "--seed", "-1"], "argument --seed: expected a seed"),
     (["--model", "nosuch"], "unknown model preset"),
+    # the accelerator pool only serves the q_thr climb: refused before the b climb, not ignored
+    (["--model", "tiny", "--accelerator", "cpu", "--thresholds", "0"], "--thresholds has no value > 0"),
+    (["--model", "tiny", "--accelerator", "none", "--thresholds", "0,256"], "--accelerator none has no pool"),
+    (["--model", "tiny", "--report", "."], "--report . is a directory"),
 ])
 def test_sched_command_bad_input_is_one_line(argv, message, capsys):
     from recstack.cli import main
@@ -422,3 +434,11 @@ def test_sched_command_bad_input_is_one_line(argv, message, capsys):
         code = exc.code
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a CUDA device")
+def test_sched_with_cuda_asked_for_and_none_there_fails_before_the_climb(capsys):
+    from recstack.cli import main
+
+    assert main(["sched", "--model", "tiny", "--accelerator", "cuda", "--quiet"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err

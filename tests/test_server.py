@@ -375,26 +375,34 @@ def test_requests_over_the_in_flight_limit_get_503_before_the_engine_sees_them(t
     assert metrics[("recstack_http_requests_total", (("endpoint", "/v1/rank", ), ("status", "503")))] == 1
 
 
-def test_sigterm_drains_the_request_in_flight(tmp_path):
-    # a lone request waits 2 s in the batching queue: SIGTERM arrives while it is in flight
+def start_server(tmp_path, *options: str) -> tuple[subprocess.Popen, str, list[str]]:
+    """`recstack serve --preset tiny --port 0 OPTIONS` in a subprocess (stderr into stdout), once it
+    has printed its URL: (the process, the URL, the lines printed so far)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "recstack.cli", "serve", "--preset", "tiny", "--port", "0", "--workers", "1",
-         "--max-wait-ms", "2000"],
+        [sys.executable, "-m", "recstack.cli", "serve", "--preset", "tiny", "--port", "0", *options],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
         env={**os.environ, "RECSTACK_CACHE": str(tmp_path / "cache")},
     )
+    url = None
+    deadline = time.perf_counter() + 120
+    lines = []
+    while url is None and time.perf_counter() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if line.startswith("listening on "):
+            url = line.split()[2]
+        elif not line and proc.poll() is not None:
+            break
+    if url is None:
+        proc.kill()
+    assert url, "".join(lines)
+    return proc, url, lines
+
+
+def test_sigterm_drains_the_request_in_flight(tmp_path):
+    # a lone request waits 2 s in the batching queue: SIGTERM arrives while it is in flight
+    proc, url, lines = start_server(tmp_path, "--workers", "1", "--max-wait-ms", "2000")
     try:
-        url = None
-        deadline = time.perf_counter() + 120
-        lines = []
-        while url is None and time.perf_counter() < deadline:
-            line = proc.stdout.readline()
-            lines.append(line)
-            if line.startswith("listening on "):
-                url = line.split()[2]
-            elif not line and proc.poll() is not None:
-                break
-        assert url, "".join(lines)
         box: dict = {}
         request = threading.Thread(target=lambda: box.update(
             response=httpx.post(f"{url}/v1/rank/synthetic", json={"size": 3}, timeout=60)))
@@ -415,6 +423,57 @@ def test_sigterm_drains_the_request_in_flight(tmp_path):
     assert time.perf_counter() - started > 1.9  # it was answered after its 2 s wait, not cut off
     assert code == 0, output
     assert "stopped by SIGTERM: 1 queries served" in output
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_sigint_at_once_or_twice_stops_cleanly(tmp_path, signals):
+    """SIGINT right after the URL is printed (uvicorn has not taken over the handlers yet: the server
+    used to ignore it and run on), and twice once it serves (uvicorn's force quit: the app's lifespan
+    task used to be cancelled and logged as a CancelledError traceback). Both: exit 0, no traceback."""
+    proc, url, lines = start_server(tmp_path)
+    try:
+        if signals == 2:
+            assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+        for _ in range(signals):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.05)
+        code = proc.wait(60)
+        output = "".join(lines) + proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0 and "Traceback" not in output and "stopped by SIGINT" in output, output
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--port", "-1"], "--port: expected a port in [0, 65535]"),
+    (["--port", "70000"], "--port: expected a port in [0, 65535]"),  # was an OverflowError traceback
+    (["--shutdown-timeout", "nan"], "--shutdown-timeout: expected a finite number >= 0"),
+    (["--shutdown-timeout", "-1"], "--shutdown-timeout: expected a finite number >= 0"),
+    (["--seed", "-1"], "--seed: expected a seed"),
+    (["--workers", "0"], "--workers: expected a number of workers in [1, 256]"),
+    (["--max-wait-ms", "1e300"], "--max-wait-ms: expected a number of ms in [0, 60000]"),  # killed the workers
+    (["--max-candidates", "1000000000"], "--max-candidates: expected a query size in [1, 1048576]"),
+    (["--max-in-flight", "-1"], "--max-in-flight: expected an integer >= 0"),
+])
+def test_serve_options_out_of_range_are_refused_by_argparse(argv, message, capsys):
+    from recstack.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--preset", "tiny", *argv])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--accelerator", "cpu"], "--accelerator cpu is the pool"),  # was ignored: no pool without a threshold
+    (["--accelerator-workers", "2"], "--accelerator-workers sizes the pool"),
+])
+def test_an_accelerator_without_an_offload_threshold_is_an_error(argv, message, capsys):
+    from recstack.cli import main
+
+    assert main(["serve", "--preset", "tiny", "--port", "0", "--quiet", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
 
 
 # --- the fuzzer ---------------------------------------------------------------------------------

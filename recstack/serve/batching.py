@@ -154,7 +154,7 @@ class BatchQueue:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
-            self._cond.wait(remaining)
+            self._cond.wait(min(remaining, threading.TIMEOUT_MAX))  # a longer wait raises OverflowError
         return taken
 
     def close(self) -> None:

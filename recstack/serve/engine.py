@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recstack.argtypes import int_in
 from recstack.config import Config
 from recstack.data.batch import Batch
 from recstack.data.store import Schema
@@ -49,6 +50,13 @@ def freeze_heap() -> None:
     gc.freeze()
 
 ACCELERATORS = ("auto", "cuda", "cpu", "none")
+MAX_WORKERS = 256
+"""The most workers of a pool, and intra-op threads of a worker: more only exhausts threads or processes."""
+worker_count = int_in(1, MAX_WORKERS, what=f"a number of workers in [1, {MAX_WORKERS}]")
+MAX_QUERY_SIZE = 1 << 20
+"""The most candidates one query may have: its features are drawn and scored in memory at once."""
+MAX_WAIT_MS = 60_000.0
+"""The longest dynamic-batching wait: a query held longer would outlast any client's timeout."""
 
 
 @dataclass
@@ -81,13 +89,30 @@ class EngineConfig:
             raise ConfigError(f"accelerator must be one of {', '.join(ACCELERATORS)}, not {self.accelerator!r}")
         if self.workers < 1 or self.accelerator_workers < 1 or self.max_batch < 1:
             raise ConfigError("workers, accelerator_workers and max_batch must be >= 1")
+        for name in ("workers", "accelerator_workers", "threads_per_worker"):
+            if getattr(self, name) > MAX_WORKERS:
+                raise ConfigError(f"{name} must be at most {MAX_WORKERS}, not {getattr(self, name)}")
         for name in ("sub_batch", "offload_threshold", "queue_limit", "threads_per_worker"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, not {getattr(self, name)}")
-        if not self.max_wait_ms >= 0 or self.max_wait_ms == float("inf"):
-            raise ConfigError(f"max_wait_ms must be a finite number >= 0, not {self.max_wait_ms}")
+        if not 0 <= self.max_wait_ms <= MAX_WAIT_MS:
+            raise ConfigError(f"max_wait_ms must be a number in [0, {MAX_WAIT_MS:g}], not {self.max_wait_ms}")
         if self.offload_threshold and self.accelerator == "none":
             raise ConfigError("offload_threshold needs an accelerator (cuda, cpu or auto), not none")
+
+
+def refuse_idle_accelerator(accelerator: str | None, offload_threshold: int | None) -> None:
+    """An explicit cuda or cpu accelerator pool receives only queries of at least the offload
+    threshold: without one it would be ignored silently, so it is an error."""
+    if accelerator in ("cuda", "cpu") and not offload_threshold:
+        raise ConfigError(f"--accelerator {accelerator} is the pool that queries of at least --offload-threshold Q "
+                          "candidates go to; without --offload-threshold Q > 0 nothing is offloaded")
+
+
+def check_cuda(accelerator: str) -> None:
+    """Refuse cuda without a CUDA device (commands call it before their work, the engine when it builds)."""
+    if accelerator == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("accelerator cuda asked for, but torch sees no CUDA device (use cpu or auto)")
 
 
 class EngineOverloaded(RecstackError):
@@ -233,8 +258,7 @@ class InferenceEngine:
         wanted = config.accelerator
         if wanted == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
-        if wanted == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("accelerator cuda asked for, but torch sees no CUDA device (use cpu or auto)")
+        check_cuda(wanted)
         return wanted
 
     def _make_runners(self, made: list, count: int, device: str) -> list[ThreadRunner | ProcessRunner]:

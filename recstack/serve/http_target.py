@@ -68,13 +68,29 @@ class _Connection:
         self.writer.close()
 
 
+def parse_url(url: str) -> tuple[str, int]:
+    """(host, port) of an http://host[:port] URL: the server's own paths are fixed, so a path, query
+    or user is refused rather than dropped."""
+    try:
+        parts = urlsplit(url)
+        port = 80 if parts.port is None else parts.port
+    except ValueError as exc:  # a port out of range or not a number, a broken [IPv6] host
+        raise ConfigError(f"--url {url!r}: {exc}", "use http://host:port, port in [1, 65535]") from None
+    host = parts.hostname or ""
+    if parts.scheme != "http" or not host or any(c.isspace() or not c.isprintable() for c in host):
+        raise ConfigError(f"--url must be http://host:port, not {url!r}")
+    if parts.path.strip("/") or parts.query or parts.fragment or parts.username is not None:
+        raise ConfigError(f"--url takes http://host:port only (no path, query or user), not {url!r}")
+    if port == 0:
+        raise ConfigError(f"--url {url!r}: port 0 is no server's port", "use the port `recstack serve` printed")
+    return host, port
+
+
 class HttpTarget:
     def __init__(self, url: str, *, max_connections: int = 512, timeout_s: float = 60.0):
-        parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ConfigError(f"--url must be http://host:port, not {url!r}")
+        self.host, self.port = parse_url(url)
+        self._host_header = (f"[{self.host}]" if ":" in self.host else self.host).encode()
         self.url = url.rstrip("/")
-        self.host, self.port = parts.hostname, parts.port or 80
         self.timeout_s = timeout_s
         status, health = self._get("/health")
         if status != 200 or not isinstance(health, dict):
@@ -105,7 +121,7 @@ class HttpTarget:
     def _payload(self, size: int) -> bytes:
         body = b'{"size": %d}' % size
         return (b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-                % (SYNTHETIC_PATH.encode(), self.host.encode(), self.port, len(body))) + body
+                % (SYNTHETIC_PATH.encode(), self._host_header, self.port, len(body))) + body
 
     async def _send(self, query: Query, done: Callable[[Completion], None]) -> None:
         self._counts["sent"] += 1

@@ -25,14 +25,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from recstack.argtypes import float_in, int_in, nonnegative_float, nonnegative_int, positive_float, positive_int, seed
 from recstack.errors import ConfigError, DataError
 from recstack.serve.candidates import SyntheticQueries
+from recstack.serve.engine import MAX_QUERY_SIZE, EngineConfig, refuse_idle_accelerator, worker_count
 from recstack.serve.protocol import Completion, Query, QueryTarget
 
 MLPERF_QUANTILES = np.array([100, 100, *[200] * 12, 300, 300, 400, 500, 600, 700])
 """MLPerf DLRM's tools/dist_quantile.txt: user-item pairs per sample, a 20-point inverse CDF."""
 
 ARRIVAL_KINDS = ("poisson", "deeprecsys", "fixed")
+
+OVERLOAD_FACTOR = 3.0
+"""The overload scenario's load, as a multiple of the sustainable rate."""
+MAX_QUERIES = 10_000_000
+"""The most queries one run may schedule: every query is kept until the summary, ~0.5 kB each, so
+this is ~5 GB; more would exhaust memory before the first query is sent."""
 
 
 # --- query sizes -----------------------------------------------------------------------------------
@@ -54,10 +62,10 @@ class SizeDistribution:
 
     @classmethod
     def parse(cls, spec: str, max_size: int = 1024) -> SizeDistribution:
-        if max_size < 1:
-            raise ConfigError(f"--max-size must be at least 1, got {max_size}")
+        if not 1 <= max_size <= MAX_QUERY_SIZE:
+            raise ConfigError(f"--max-size must be in [1, {MAX_QUERY_SIZE}], got {max_size}")
         kind, _, rest = spec.partition(":")
-        if kind == "mlperf":
+        if kind == "mlperf" and not rest:
             return cls("mlperf", quantiles=MLPERF_QUANTILES, max_size=max_size, source=spec)
         if kind == "file":
             return cls("file", quantiles=_read_quantiles(rest), max_size=max_size, source=spec)
@@ -73,6 +81,8 @@ class SizeDistribution:
             )
         if kind != "fixed" and params[1] < 0:
             raise ConfigError(f"query sizes {spec!r}: the spread must not be negative")
+        if kind == "fixed" and not 1 <= params[0] <= max_size:
+            raise ConfigError(f"query sizes {spec!r}: a fixed size must be in [1, --max-size {max_size}]")
         return cls(kind, params, max_size=max_size, source=spec)
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -185,8 +195,16 @@ def load_trace(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     return arrivals, sizes
 
 
+def check_query_count(queries: float, what: str) -> None:
+    """Refuse a run of more than MAX_QUERIES queries before anything is allocated for it."""
+    if not queries <= MAX_QUERIES:
+        raise ConfigError(f"{what} makes {queries:.3g} queries; a run holds at most {MAX_QUERIES:.0e} "
+                          "(MAX_QUERIES): lower the rate, the duration or --queries")
+
+
 def timed_schedule(arrivals: Arrivals, duration_s: float) -> np.ndarray:
     """Arrival offsets in [0, duration_s) at the arrival process's rate."""
+    check_query_count(arrivals.rate * duration_s, f"{arrivals.rate:.6g} queries/s for {duration_s:g} s")
     chunks, total = [], 0.0
     while total < duration_s:
         gaps = arrivals.gaps(int(arrivals.rate * duration_s * 1.1) + 64)
@@ -456,7 +474,7 @@ def overload_run(
     rate: float,
     target_ms: float,
     *,
-    factor: float = 3.0,
+    factor: float = OVERLOAD_FACTOR,
     lead_s: float = 5.0,
     overload_s: float = 30.0,
     recovery_s: float = 15.0,
@@ -547,15 +565,16 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--preset", "--model", dest="preset", metavar="NAME",
                         help="a model preset with random weights (size it with --model.scale S)")
     source.add_argument("--checkpoint", metavar="C", help="a trained checkpoint")
-    parser.add_argument("--workers", type=int, default=2, help="engine CPU workers (default 2)")
+    parser.add_argument("--workers", type=worker_count, default=2, help="engine CPU workers (default 2)")
     parser.add_argument("--mode", choices=("thread", "process"), default="thread", help="engine workers (default thread)")
     parser.add_argument("--accelerator", choices=("auto", "cuda", "cpu", "none"), default="auto",
                         help="the engine's offload pool: cuda, cpu (one more CPU worker), none; auto (default): cuda "
                         "when available, else cpu")
-    parser.add_argument("--seed", type=int, default=0, help="the one seed for weights, features, sizes and arrivals")
+    parser.add_argument("--seed", type=seed, default=0, help="the one seed for weights, features, sizes and arrivals")
     parser.add_argument("--sizes", default="mlperf", metavar="DIST",
                         help="query sizes: mlperf (default), fixed:N, normal:MEAN,STD, lognormal:MU,SIGMA, file:PATH")
-    parser.add_argument("--max-size", type=int, default=1024, help="clip query sizes to this (default 1024)")
+    parser.add_argument("--max-size", type=int_in(1, MAX_QUERY_SIZE, what=f"a query size in [1, {MAX_QUERY_SIZE}]"),
+                        default=1024, help="clip query sizes to this (default 1024)")
     parser.add_argument("--arrival", choices=ARRIVAL_KINDS, default="poisson",
                         help="poisson (exponential gaps, default), deeprecsys (integer-ms Poisson gaps), fixed")
 
@@ -594,6 +613,9 @@ def workload_from(args: argparse.Namespace) -> Workload:
     return Workload(SizeDistribution.parse(args.sizes, args.max_size), args.arrival, args.seed)
 
 
+percentile = float_in(0.0, 100.0, what="a percentile in [0, 100]")
+
+
 def _rates(text: str) -> list[float]:
     try:
         rates = [float(r) for r in text.split(",") if r.strip()]
@@ -614,24 +636,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_arguments(parser)
     parser.add_argument("--url", metavar="URL", help="a running `recstack serve` (http://host:port)")
     parser.add_argument("--scenario", choices=("server", "offline", "overload", "trace"), default="server")
-    parser.add_argument("--rate", type=float, metavar="QPS", help="offered queries/s (server; overload: the sustainable rate)")
-    parser.add_argument("--rates", type=_rates, metavar="LIST", help="several offered rates, e.g. 50,100,200 (plotted)")
-    parser.add_argument("--sweep", type=int, metavar="N", help="N rates from 10%% to 120%% of the Offline capacity")
-    parser.add_argument("--mean-gap-ms", type=float, metavar="MS", help="DeepRecSys style: the mean gap instead of --rate")
-    parser.add_argument("--duration", type=float, default=10.0, metavar="S", help="measured seconds per rate (default 10)")
-    parser.add_argument("--warmup", type=float, default=1.0, metavar="S", help="seconds left out at the start (default 1)")
-    parser.add_argument("--queries", type=int, default=512, help="offline: queries at once (default 512)")
+    load = parser.add_mutually_exclusive_group()  # each sets the offered load: one at a time
+    load.add_argument("--rate", type=positive_float, metavar="QPS",
+                      help="offered queries/s (server; overload: the sustainable rate)")
+    load.add_argument("--rates", type=_rates, metavar="LIST", help="several offered rates, e.g. 50,100,200 (plotted)")
+    load.add_argument("--sweep", type=positive_int, metavar="N", help="N rates from 10%% to 120%% of the Offline capacity")
+    load.add_argument("--mean-gap-ms", type=positive_float, metavar="MS", help="DeepRecSys style: the mean gap instead of --rate")
+    parser.add_argument("--duration", type=positive_float, default=10.0, metavar="S", help="measured seconds per rate (default 10)")
+    parser.add_argument("--warmup", type=nonnegative_float, default=1.0, metavar="S", help="seconds left out at the start (default 1)")
+    parser.add_argument("--queries", type=positive_int, default=512, help="offline: queries at once (default 512)")
     parser.add_argument("--trace", metavar="FILE", help="trace: lines of arrival_seconds[ size]")
-    parser.add_argument("--target-p95-ms", type=float, metavar="MS", help="the latency target (of --percentile)")
-    parser.add_argument("--percentile", type=float, default=95.0, help="the percentile held to the target (default 95)")
-    parser.add_argument("--factor", type=float, default=3.0, help="overload: multiple of --rate (default 3)")
-    parser.add_argument("--sub-batch", type=int, default=0, metavar="B", help="engine: split queries into B items (0: whole)")
-    parser.add_argument("--offload-threshold", type=int, default=0, metavar="Q", help="engine: offload queries >= Q (0: never)")
-    parser.add_argument("--max-batch", type=int, default=1024, metavar="N", help="engine: rows per model call (default 1024)")
-    parser.add_argument("--queue-limit", type=int, default=0, help="engine: shed beyond this many queued rows (0: never)")
+    parser.add_argument("--target-p95-ms", type=positive_float, metavar="MS", help="the latency target (of --percentile)")
+    parser.add_argument("--percentile", type=percentile, default=95.0, help="the percentile held to the target (default 95)")
+    parser.add_argument("--factor", type=positive_float, metavar="F", help="overload: multiple of --rate (default 3)")
+    parser.add_argument("--sub-batch", type=nonnegative_int, default=0, metavar="B", help="engine: split queries into B items (0: whole)")
+    parser.add_argument("--offload-threshold", type=nonnegative_int, default=0, metavar="Q", help="engine: offload queries >= Q (0: never)")
+    parser.add_argument("--max-batch", type=positive_int, default=1024, metavar="N", help="engine: rows per model call (default 1024)")
+    parser.add_argument("--queue-limit", type=nonnegative_int, default=0, help="engine: shed beyond this many queued rows (0: never)")
     parser.add_argument("--plot", metavar="FILE.png", help="latency against load (default: beside --report)")
     parser.add_argument("--report", metavar="FILE", help="write the JSON report here")
     parser.add_argument("--quiet", action="store_true", help="no tables")
+
+
+SCENARIO_OPTIONS = {"rate": ("server", "overload"), "mean_gap_ms": ("server", "overload"), "rates": ("server",),
+                    "sweep": ("server",), "trace": ("trace",), "factor": ("overload",),
+                    "target_p95_ms": ("server", "overload", "trace")}
+"""Options (default None) that only these scenarios read: with another, they would be ignored."""
+ENGINE_OPTIONS = ("workers", "mode", "accelerator", "sub_batch", "offload_threshold", "max_batch", "queue_limit")
+"""The in-process engine's options, defaults EngineConfig's (a server has its own: --url refuses them)."""
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse options the scenario would ignore, and runs too large to hold, before a model is loaded.
+    Sets args.rate from --mean-gap-ms."""
+    for name, scenarios in SCENARIO_OPTIONS.items():
+        if getattr(args, name) is not None and args.scenario not in scenarios:
+            raise ConfigError(f"--{name.replace('_', '-')} applies to --scenario {' or '.join(scenarios)}, "
+                              f"not to --scenario {args.scenario}")
+    if args.mean_gap_ms is not None:
+        args.rate = 1000.0 / args.mean_gap_ms
+    if args.scenario == "offline" or args.sweep:
+        check_query_count(args.queries, f"--queries {args.queries}")
+    rate = max(args.rates or [args.rate or 0.0])
+    if args.scenario == "server":
+        if not (rate or args.sweep):
+            raise ConfigError("--scenario server needs --rate, --rates, --sweep N or --mean-gap-ms")
+        check_query_count(rate * (args.duration + args.warmup),
+                          f"{rate:g} queries/s for --duration {args.duration:g} s + --warmup {args.warmup:g} s")
+    if args.scenario == "overload":
+        if not rate or args.target_p95_ms is None:
+            raise ConfigError("--scenario overload needs --rate (the sustainable rate) and --target-p95-ms")
+        factor = args.factor or OVERLOAD_FACTOR
+        check_query_count(factor * rate * args.duration,
+                          f"--factor {factor:g} x {rate:g} queries/s for --duration {args.duration:g} s")
+    if args.scenario == "trace" and not args.trace:
+        raise ConfigError("--scenario trace needs --trace FILE")
 
 
 def open_target(args: argparse.Namespace, extra: list[str]) -> tuple[QueryTarget, dict[str, Any]]:
@@ -640,30 +699,27 @@ def open_target(args: argparse.Namespace, extra: list[str]) -> tuple[QueryTarget
     if args.url:
         from recstack.serve.http_target import HttpTarget
 
-        engine_given = engine != {"sub_batch": 0, "offload_threshold": 0, "max_batch": 1024, "queue_limit": 0}
+        defaults = EngineConfig()
+        engine_given = [name for name in ENGINE_OPTIONS if getattr(args, name) != getattr(defaults, name)]
         if args.preset or args.checkpoint or extra or engine_given:
             raise ConfigError("--url drives a running server: the model and engine options are the server's "
-                              "(recstack serve --sub-batch ... --queue-limit ...)")
+                              "(recstack serve --workers ... --sub-batch ... --queue-limit ...)")
         return HttpTarget(args.url), {"url": args.url}
+    refuse_idle_accelerator(args.accelerator, args.offload_threshold)
     return engine_factory(args, extra)(**engine), {"preset": args.preset, "checkpoint": args.checkpoint,
                                                    "workers": args.workers, "mode": args.mode, **engine}
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     from recstack.progress import say
-    from recstack.report import new_report, write_report
+    from recstack.report import check_output_path, new_report, write_report
     from recstack.serve.engine import freeze_heap
 
-    if args.duration <= 0 or args.warmup < 0 or args.queries < 1:
-        raise ConfigError("--duration and --queries must be positive, --warmup not negative")
-    if args.mean_gap_ms is not None:
-        if args.mean_gap_ms <= 0:
-            raise ConfigError("--mean-gap-ms must be positive")
-        args.rate = 1000.0 / args.mean_gap_ms
     workload = workload_from(args)
+    check_options(args)
+    check_output_path(args.report)
+    check_output_path(args.plot, "--plot", "plot.png")
     if args.scenario == "trace":
-        if not args.trace:
-            raise ConfigError("--scenario trace needs --trace FILE")
         workload.trace = load_trace(args.trace)
     target, described = open_target(args, extra)
     freeze_heap()
@@ -690,18 +746,18 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 def _run_scenario(args: argparse.Namespace, target: QueryTarget, workload: Workload, say: Callable[[str], None]) -> dict[str, Any]:
     if args.scenario == "offline":
         result = offline_run(target, workload, args.queries)
-        say(f"offline: {result['achieved_qps']:.1f} queries/s ({result['items_per_s']:.0f} items/s), "
-            f"p99 {result['latency_ms']['p99']:.1f} ms")
+        items = result.get("items_per_s")
+        say(f"offline: {_qps(result['achieved_qps'])} ({'-' if items is None else f'{items:.0f}'} items/s), "
+            f"p99 {_ms(result['latency_ms']['p99'])}, rejected {result['rejected']}, errors {result['errors']}")
         return result
     if args.scenario == "trace":
         result = trace_run(target, workload, percentile=args.percentile, target_ms=args.target_p95_ms)
         say(_line(result))
         return result
     if args.scenario == "overload":
-        if args.rate is None or args.target_p95_ms is None:
-            raise ConfigError("--scenario overload needs --rate (the sustainable rate) and --target-p95-ms")
-        result = overload_run(target, workload, args.rate, args.target_p95_ms, factor=args.factor, overload_s=args.duration)
-        say(f"overload {args.factor:g}x {args.rate:.1f} q/s: shed {result['rejected']} of {result['requests']}, "
+        factor = args.factor or OVERLOAD_FACTOR
+        result = overload_run(target, workload, args.rate, args.target_p95_ms, factor=factor, overload_s=args.duration)
+        say(f"overload {factor:g}x {args.rate:.1f} q/s: shed {result['rejected']} of {result['requests']}, "
             f"accepted p99 {_ms(result['accepted_p99_ms'])} (limit {result['accepted_p99_limit_ms']:.1f}), "
             f"no rejections {result['recovered_after_s']:.2f} s after the end; passed: {result['passed']}")
         return result
@@ -709,10 +765,11 @@ def _run_scenario(args: argparse.Namespace, target: QueryTarget, workload: Workl
     extra: dict[str, Any] = {}
     if args.sweep:
         capacity = offline_run(target, workload, args.queries)
+        if not capacity["achieved_qps"]:
+            raise ConfigError(f"--sweep: the Offline run answered no query (rejected {capacity['rejected']}, "
+                              f"errors {capacity['errors']}), so there is no capacity to sweep up to")
         extra["offline"] = capacity
         rates = list(np.linspace(0.1, 1.2, args.sweep) * capacity["achieved_qps"])
-    if not rates:
-        raise ConfigError("--scenario server needs --rate, --rates, --sweep N or --mean-gap-ms")
     runs = []
     for rate in rates:
         result = server_run(target, workload, rate, args.duration, warmup_s=args.warmup,
@@ -727,6 +784,10 @@ def _run_scenario(args: argparse.Namespace, target: QueryTarget, workload: Workl
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} ms"
+
+
+def _qps(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} queries/s"
 
 
 def _line(result: dict[str, Any]) -> str:

@@ -33,8 +33,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from recstack.argtypes import float_in, int_in, nonnegative_float, nonnegative_int, positive_float, positive_int
 from recstack.config import parse_int_list
 from recstack.errors import ConfigError
+from recstack.serve.engine import check_cuda
 from recstack.serve.loadgen import (
     QueryFactory,
     Workload,
@@ -53,6 +55,10 @@ TIE = 1e-9
 """Rates within this relative difference are equal: a confirmed rate is a grid point reached by
 multiplying steps, so the same point can differ in its last bits by the path taken."""
 CONFIRM_QUERIES = 100
+MAX_GRID_STEPS = 10_000
+"""Rates on the controller's grid: finer only costs memory (steps of 0.06% at the default span)."""
+MAX_SECONDS = 86_400.0
+"""The longest trial or confirmation run: a day (longer ones would only fail on their query count)."""
 
 
 # --- the feedback controller -----------------------------------------------------------------------
@@ -540,29 +546,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "p95 latency stays under the target, against the static configuration (whole queries, no offload)."
     )
     add_target_arguments(parser)
-    parser.add_argument("--target-p95-ms", type=float, metavar="MS",
+    parser.add_argument("--target-p95-ms", type=positive_float, metavar="MS",
                         help="the p95 target (default: --target-factor x the static p95 at 10%% load)")
-    parser.add_argument("--target-factor", type=float, default=defaults.target_factor, metavar="F",
+    parser.add_argument("--target-factor", type=positive_float, default=defaults.target_factor, metavar="F",
                         help="without --target-p95-ms: F x the static p95 at 10%% load (default 1.5)")
     parser.add_argument("--batch-sizes", type=_int_list, default=defaults.batch_sizes, metavar="LIST",
                         help="b candidates in climb order, 0 = whole queries (default 0,512,384,256,128,64)")
     parser.add_argument("--thresholds", type=_int_list, default=defaults.thresholds, metavar="LIST",
                         help="q_thr candidates with an accelerator, 0 = never (default 0,512,384,256)")
-    parser.add_argument("--granularity", type=int, default=defaults.granularity, metavar="G",
+    parser.add_argument("--granularity", type=positive_int, default=defaults.granularity, metavar="G",
                         help="queries per controller update (default 64; fewer settle sooner on slow models)")
-    parser.add_argument("--stable-region", type=float, default=defaults.stable_region,
+    parser.add_argument("--stable-region", type=nonnegative_float, default=defaults.stable_region,
                         help="hold while the p95 is within [target / (1 + this), target] (default 0.1)")
-    parser.add_argument("--max-updates", type=int, default=defaults.max_updates,
+    parser.add_argument("--max-updates", type=positive_int, default=defaults.max_updates,
                         help="settle after this many controller updates at the latest (default 24)")
-    parser.add_argument("--settle-window", type=int, default=defaults.settle_window,
+    parser.add_argument("--settle-window", type=positive_int, default=defaults.settle_window,
                         help="settle on the median of this many last rates (default 6)")
-    parser.add_argument("--grid-steps", type=int, default=defaults.grid_steps,
+    parser.add_argument("--grid-steps", type=int_in(2, MAX_GRID_STEPS, what=f"an integer in [2, {MAX_GRID_STEPS}]"),
+                        default=defaults.grid_steps,
                         help="rates on the log grid from 2%% to 800%% of the static capacity (default 46)")
-    parser.add_argument("--trial-seconds", type=float, default=defaults.trial_seconds,
+    parser.add_argument("--trial-seconds", type=float_in(0.0, MAX_SECONDS, low_open=True, what=f"seconds in (0, {MAX_SECONDS:g}]"),
+                        default=defaults.trial_seconds,
                         help="the longest the controller runs for one configuration (default 30)")
-    parser.add_argument("--confirm-seconds", type=float, default=defaults.confirm_seconds,
+    parser.add_argument("--confirm-seconds", type=float_in(0.0, MAX_SECONDS, what=f"seconds in [0, {MAX_SECONDS:g}]"),
+                        default=defaults.confirm_seconds,
                         help="confirm each configuration's rate in steady runs this long (default 5; 0: as DeepRecSys)")
-    parser.add_argument("--confirm-steps", type=int, default=defaults.confirm_steps,
+    parser.add_argument("--confirm-steps", type=nonnegative_int, default=defaults.confirm_steps,
                         help="at most this many grid steps up or down while confirming (default 8)")
     parser.add_argument("--no-ceiling", dest="ceiling", action="store_false",
                         help="skip measuring this machine's roofline for the model (about 5 s)")
@@ -571,27 +580,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
+def check_accelerator(args: argparse.Namespace) -> None:
+    """The q_thr climb offloads to --accelerator (auto: cuda when there is one, else a cpu pool;
+    none: no climb). Refused up front rather than ignored or failing after the b climb: the climb
+    without --accelerator, or with no threshold > 0 to try; cuda without a CUDA device."""
+    climbs = any(args.thresholds)
+    if args.accelerator == "none" and climbs and args.thresholds != SchedKnobs().thresholds:
+        raise ConfigError(f"--thresholds {','.join(map(str, args.thresholds))} are offload thresholds: "
+                          "--accelerator none has no pool to offload to")
+    if args.accelerator in ("cuda", "cpu") and not climbs:
+        raise ConfigError(f"--accelerator {args.accelerator}: --thresholds has no value > 0, so no query would ever "
+                          "be offloaded to it (e.g. --thresholds 0,512,256)")
+    check_cuda(args.accelerator)
+
+
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     from recstack.progress import say
-    from recstack.report import new_report, write_report
+    from recstack.report import check_output_path, new_report, write_report
     from recstack.serve.engine import freeze_heap
     from recstack.serve.loadgen import engine_factory, workload_from
 
-    floats = {"--target-factor": args.target_factor, "--stable-region": args.stable_region,
-              "--trial-seconds": args.trial_seconds, "--confirm-seconds": args.confirm_seconds}
-    if args.target_p95_ms is not None:
-        floats["--target-p95-ms"] = args.target_p95_ms
-    for option, value in floats.items():
-        if not math.isfinite(value):
-            raise ConfigError(f"{option} must be a finite number, not {value}")
-    if (args.target_p95_ms is not None and args.target_p95_ms <= 0) or args.target_factor <= 0:
-        raise ConfigError("--target-p95-ms and --target-factor must be positive")
-    if args.stable_region < 0:
-        raise ConfigError("--stable-region must be >= 0")
-    if args.granularity < 1 or args.confirm_seconds < 0 or args.trial_seconds <= 0 or args.grid_steps < 2 \
-            or args.confirm_steps < 0:
-        raise ConfigError("--granularity and --trial-seconds must be positive, --confirm-seconds and --confirm-steps "
-                          ">= 0, --grid-steps at least 2")
+    check_accelerator(args)
+    check_output_path(args.report)
+    check_output_path(args.plot, "--plot", "plot.png")
     knobs = SchedKnobs(
         batch_sizes=args.batch_sizes, thresholds=args.thresholds, target_ms=args.target_p95_ms,
         target_factor=args.target_factor, granularity=args.granularity, stable_region=args.stable_region,
