@@ -83,6 +83,13 @@ def test_missing_feature_is_a_clear_error():
         coll(feats)
 
 
+def test_a_table_without_rows_is_refused_by_name():
+    """Initialization divides by the table size: a 0-row table was a ZeroDivisionError."""
+    with pytest.raises(ValueError, match=r"tables \['empty'\] have no rows"):
+        DenseEmbeddingCollection([TableConfig("f0", 3, DIM), TableConfig("empty", 0, DIM)])
+    assert DenseEmbeddingCollection([TableConfig("one", 1, DIM)]).weight.shape == (1, DIM)
+
+
 def dense_reference(coll: DenseEmbeddingCollection) -> list[nn.EmbeddingBag]:
     bags = []
     for t in coll.tables:

@@ -49,8 +49,9 @@ from typing import Any
 
 import numpy as np
 
-from recstack.data.store import Dataset, SparseFeature
+from recstack.data.store import Dataset, SparseFeature, open_npy
 from recstack.errors import DataError
+from recstack.memory import format_bytes
 
 SAMPLE_BLOCK = 65536
 """Inputs per sampling generator."""
@@ -89,14 +90,6 @@ def parse_bytes(text: str | int) -> int:
     if not match or unit not in _UNITS:
         raise DataError(f"cannot read the byte size {text!r} (write e.g. 4096, 1MiB, 256MiB, 1GB)")
     return int(float(match.group(1)) * _UNITS[unit])
-
-
-def format_bytes(n: int) -> str:
-    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            value = n / size
-            return f"{value:.0f}{unit}" if value == int(value) else f"{value:.3g}{unit}"
-    return f"{n}B"
 
 
 def parse_fraction(text: str | float) -> float:
@@ -140,15 +133,13 @@ def _table_chunk(ds: Dataset, s: SparseFeature, a: int, b: int) -> tuple[np.ndar
     if s.length is not None:
         return np.asarray(values[a:b]).reshape(-1), None
     offsets = np.asarray(ds.offsets[s.name][a : b + 1])
-    return np.asarray(values[int(offsets[0]) : int(offsets[-1])]), np.diff(offsets)
+    lengths = ds.bag_lengths(s, offsets[:-1], offsets[1:])
+    return np.asarray(values[int(offsets[0]) : int(offsets[-1])]), lengths
 
 
-def _check_ids(ids: np.ndarray, s: SparseFeature, a: int, b: int) -> None:
+def _check_ids(ds: Dataset, s: SparseFeature, ids: np.ndarray, lengths: np.ndarray | None, a: int, b: int) -> None:
     if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= s.num_embeddings):
-        raise DataError(
-            f"feature {s.name}: rows {a}..{b} hold ids outside [0, {s.num_embeddings}) "
-            "(the dataset is damaged or its schema is wrong)"
-        )
+        raise ds.id_error(s, ids, lengths, range(a, b))
 
 
 def sample_mask(start: int, stop: int, fraction: float, seed: int) -> np.ndarray | None:
@@ -264,7 +255,7 @@ def count_accesses(
                 sampled_inputs += (b - a) if mask is None else int(mask.sum())
             for t, s in enumerate(features):
                 ids, lengths = _table_chunk(ds, s, a, b)
-                _check_ids(ids, s, a, b)
+                _check_ids(ds, s, ids, lengths, a, b)
                 _accumulate(exact[t], ids)
                 if sampled is None:
                     continue
@@ -399,7 +390,7 @@ def input_levels(
             out = [np.zeros(n, dtype=np.uint8) for _ in level_sets]
             for t, s in enumerate(features):
                 ids, lengths = _table_chunk(ds, s, a, b)
-                _check_ids(ids, s, a, b)
+                _check_ids(ds, s, ids, lengths, a, b)
                 for k, levels in enumerate(level_sets):
                     np.maximum(out[k], _bag_max(levels[t][ids], lengths, n), out=out[k])
             yield a, b, out
@@ -645,7 +636,8 @@ def build_hot_cold(
 
 
 def load_hot_cold(dataset_dir: str | Path, *, mmap: bool = True) -> HotCold:
-    """The partition `build_hot_cold` stored; refuses one made for another shape of the dataset."""
+    """The partition `build_hot_cold` stored; refuses one made for another shape of the dataset, or a
+    damaged one (a DataError either way: training then builds it afresh)."""
     ds = Dataset(dataset_dir)
     folder = ds.path / HOTCOLD_DIR
     summary_path = folder / SUMMARY_FILE
@@ -653,38 +645,75 @@ def load_hot_cold(dataset_dir: str | Path, *, mmap: bool = True) -> HotCold:
         raise DataError(f"{ds.path} has no hot/cold partition (make one with `recstack data hotcold --data {ds.path}`)")
     try:
         summary = json.loads(summary_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{summary_path} is damaged ({exc})") from None
-    if summary.get("format") != HOTCOLD_FORMAT or int(summary.get("version", 0)) > HOTCOLD_VERSION:
-        raise DataError(f"{summary_path} is not a hot/cold summary this recstack reads")
-    made_for = summary["dataset"]
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{summary_path} is damaged ({exc})", hint=_REBUILD) from None
+    version = summary.get("version") if isinstance(summary, dict) else None
+    if not isinstance(version, int) or version > HOTCOLD_VERSION or summary.get("format") != HOTCOLD_FORMAT:
+        raise DataError(f"{summary_path} is not a hot/cold summary this recstack reads", hint=_REBUILD)
+    made_for, files = summary.get("dataset"), summary.get("files")
+    if not isinstance(made_for, dict) or not isinstance(files, dict) or not isinstance(made_for.get("split"), str):
+        raise DataError(f"{summary_path} is damaged (its 'dataset' or 'files' entry)", hint=_REBUILD)
     split = made_for["split"]
     now = {
         "num_rows": ds.schema.num_rows,
         "split_rows": list(ds.schema.splits.get(split, [])),
         "num_embeddings": {s.name: s.num_embeddings for s in ds.schema.sparse},
     }
-    if any(made_for.get(key) != value for key, value in now.items()):
+    if split not in ds.schema.splits or any(made_for.get(key) != value for key, value in now.items()):
         raise DataError(
             f"the hot/cold partition in {folder} was made for other data (rows, split {split!r} or tables changed)",
-            hint="rerun `recstack data hotcold`",
+            hint=_REBUILD,
         )
 
-    def load(rel: str) -> np.ndarray:
-        return np.load(folder / rel, mmap_mode="r" if mmap else None)
+    def load(kind: str, name: str | None = None, *, mapped: bool = mmap) -> np.ndarray:
+        rel = files.get(kind) if name is None else (files.get(kind) or {}).get(name)
+        if not isinstance(rel, str):
+            raise DataError(f"{summary_path} is damaged (no file for {kind} {name or ''})", hint=_REBUILD)
+        array = open_npy(folder / rel, mmap=mapped)
+        if array.ndim != 1 or array.dtype.kind != "i":
+            raise DataError(f"{folder / rel} holds {array.dtype} {list(array.shape)}, not a 1-d integer array",
+                            hint=_REBUILD)
+        return array
 
     names = ds.schema.sparse_names
-    files = summary["files"]
-    return HotCold(
+    hotcold = HotCold(
         path=folder,
         summary=summary,
         table_names=names,
-        hot_rows={n: np.load(folder / files["hot_rows"][n]) for n in names},
-        remap={n: load(files["remap"][n]) for n in names},
-        hot_offsets=np.load(folder / files["hot_offsets"]),
-        hot_inputs=load(files["hot_inputs"]),
-        cold_inputs=load(files["cold_inputs"]),
+        hot_rows={n: load("hot_rows", n, mapped=False) for n in names},
+        remap={n: load("remap", n) for n in names},
+        hot_offsets=load("hot_offsets", mapped=False),
+        hot_inputs=load("hot_inputs"),
+        cold_inputs=load("cold_inputs"),
     )
+    _check_partition(hotcold, ds, ds.split(split))
+    return hotcold
+
+
+_REBUILD = "rerun `recstack data hotcold`"
+
+
+def _check_partition(hc: HotCold, ds: Dataset, split_rows: tuple[int, int]) -> None:
+    """What a reader of the partition relies on: the hot rows (small: read whole) are sorted rows of
+    their tables that hot_offsets counts; the remaps cover their tables; the hot and cold inputs
+    (large: only their sizes and ends are read) share out the split. Damage fails here, not inside torch."""
+    problem = None
+    offsets = hc.hot_offsets
+    sizes = [int(hc.hot_rows[n].size) for n in hc.table_names]
+    if offsets.size != len(sizes) + 1 or offsets[0] != 0 or np.diff(offsets).tolist() != sizes:
+        problem = "hot_offsets.npy does not count the hot rows of the tables"
+    for s in ds.schema.sparse:
+        rows = hc.hot_rows[s.name]
+        if rows.size and (rows[0] < 0 or rows[-1] >= s.num_embeddings or bool((np.diff(rows) <= 0).any())):
+            problem = f"the hot rows of {s.name} are not sorted rows of its {s.num_embeddings}-row table"
+        elif hc.remap[s.name].size != s.num_embeddings:
+            problem = f"the remap of {s.name} has {hc.remap[s.name].size} entries for its {s.num_embeddings} rows"
+    a, b = split_rows
+    hot, cold = hc.hot_inputs, hc.cold_inputs
+    if hot.size + cold.size != b - a or any(x.size and (x[0] < a or x[-1] >= b) for x in (hot, cold)):
+        problem = f"the hot and cold inputs ({hot.size:,} + {cold.size:,}) do not share out the split's rows [{a}, {b})"
+    if problem:
+        raise DataError(f"the hot/cold partition in {hc.path} is damaged: {problem}", hint=_REBUILD)
 
 
 def hotcold_command(

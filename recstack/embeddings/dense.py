@@ -42,6 +42,9 @@ class DenseEmbeddingCollection(EmbeddingCollection):
         super().__init__()
         if not tables:
             raise ValueError("an embedding collection needs at least one table")
+        empty = [t.name for t in tables if t.num_embeddings < 1]
+        if empty:
+            raise ValueError(f"tables {empty} have no rows: every table needs num_embeddings >= 1")
         dims = {t.embedding_dim for t in tables}
         if len(dims) != 1:
             raise ValueError(f"all tables of a DenseEmbeddingCollection share one dimension, got {sorted(dims)}")

@@ -13,13 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from recstack.config import from_dict
 from recstack.data.batch import Batch, JaggedFeatures
-from recstack.data.store import Dataset, Schema
+from recstack.data.store import Dataset
 from recstack.errors import CheckpointError, DataError
-from recstack.models.zoo import build_model
 from recstack.progress import console, is_quiet
 from recstack.report import new_report, write_report
 from recstack.train import checkpoint
@@ -34,20 +31,16 @@ class ScoringModel:
     """A model rebuilt from a checkpoint, in inference mode, with what it needs to read raw input."""
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu"):
-        payload = checkpoint.load(path, map_location=device)
+        payload = checkpoint.load(path, map_location=device, require=checkpoint.SCORING)
         self.path = payload["path"]
-        self.config = from_dict(payload["config"])
-        self.schema = Schema.from_json(payload["schema"])
-        self.vocab = checkpoint.vocab_from_tensors(payload.get("vocab", {}))
+        self.config, self.schema, self.model = checkpoint.rebuild_model(payload)
+        self.vocab = checkpoint.vocab_from_tensors(payload.get("vocab", {}), self.path)
         self._vocab_index: dict[str, Any] | None = None
         self.device = torch.device(device)
-        self.model: nn.Module = build_model(self.config, self.schema)
-        try:
-            self.model.load_state_dict(payload["model"])
-        except RuntimeError as exc:
-            raise CheckpointError(f"{self.path}: model state does not fit its config ({str(exc).splitlines()[0]})") from None
+        checkpoint.load_state(self.model, payload["model"], self.path)
+        checkpoint.require_finite(payload["model"], self.path)
         self.model.to(self.device).eval()
-        self.step = payload["trainer"]["step"]
+        self.step = payload["trainer"].get("step")
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> torch.Tensor:

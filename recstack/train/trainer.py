@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -92,8 +93,10 @@ def evaluate_rows(
     loader = BatchLoader(dataset, rows, batch_size, shuffle=False, drop_last=False, prefetch=2)
     for batch in loader.epoch(0):
         batch = batch.to(device)
-        probs = torch.sigmoid(model(batch))
-        accumulator.update(batch.labels.cpu().numpy(), probs.float().cpu().numpy())
+        probs = torch.sigmoid(model(batch)).float().cpu().numpy()
+        if not np.isfinite(probs).all():  # the inputs are finite (the dataset checks them): the weights are not
+            raise ConfigError("the model predicts NaN: its training diverged (lower train.lr or train.sparse_lr)")
+        accumulator.update(batch.labels.cpu().numpy(), probs)
     model.train(was_training)
     metrics = accumulator.compute()
     group = ranking_groups(dataset, rows)
@@ -152,6 +155,19 @@ class TrainState:
         return dict(self.__dict__)
 
 
+def _saved_state(saved: dict[str, Any], path: Path) -> TrainState:
+    """The TrainState a checkpoint recorded; refused when its position is not one a run can be at."""
+    try:
+        state = TrainState(**saved)
+    except TypeError as exc:
+        raise CheckpointError(f"checkpoint {path}: its trainer state is not this recstack's ({exc})") from None
+    position = {"step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch}
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in position.values()):
+        raise CheckpointError(f"checkpoint {path}: its trainer position {position} is not non-negative "
+                              "integers (the file is damaged)")
+    return state
+
+
 class Trainer:
     def __init__(
         self,
@@ -172,6 +188,9 @@ class Trainer:
         self.optimizer = dense_optimizer(self.model, config.train)
         self.run_dir = Path(run_dir) if run_dir else None
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        if self.checkpoint_dir is not None and self.checkpoint_dir.exists() and not self.checkpoint_dir.is_dir():
+            # found now, not when the first checkpoint is written (or resumed from) after the training
+            raise ConfigError(f"--checkpoint-dir {self.checkpoint_dir} is a file; give a directory for the checkpoints")
         self.state = TrainState()
         self._best_model_state: dict[str, torch.Tensor] | None = None
         self._metrics_log = None
@@ -244,18 +263,18 @@ class Trainer:
         path = checkpoint.latest(self.checkpoint_dir)
         if path is None:
             return False
-        payload = checkpoint.load(path, map_location=self.device)
+        payload = checkpoint.load(path, map_location=self.device, require=checkpoint.RESUMING)
         self._check_resumable(payload, path)
+        checkpoint.load_state(self.model, payload["model"], path)
+        checkpoint.load_state(self.optimizer, payload["dense_optimizer"], path, what="optimizer")
+        self.state = _saved_state(payload["trainer"], path)
         try:
-            self.model.load_state_dict(payload["model"])
-            self.optimizer.load_state_dict(payload["dense_optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{path} does not fit this model ({str(exc).splitlines()[0][:160]})") from None
-        self.state = TrainState(**payload["trainer"])
-        torch.set_rng_state(payload["rng"])
+            torch.set_rng_state(payload["rng"])
+        except (RuntimeError, TypeError) as exc:
+            raise CheckpointError(f"checkpoint {path}: its RNG state is damaged ({exc})") from None
         best = self.checkpoint_dir / checkpoint.BEST
         if self.state.best_step >= 0 and best.is_file():
-            self._best_model_state = checkpoint.load(best, map_location=self.device)["model"]
+            self._best_model_state = checkpoint.load(best, map_location=self.device, require=("model",))["model"]
         self._resumed = True
         say(f"resumed from {path.name}: epoch {self.state.epoch}, step {self.state.step}")
         return True
