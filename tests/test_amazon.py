@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 
 from recstack.cli import main
-from recstack.data.amazon import AMAZON_REJECT_REASONS, LINE_REJECT_REASONS, parse_lines, prepare_amazon, word_code
+from recstack.data.amazon import (
+    AMAZON_REJECT_REASONS,
+    LINE_REJECT_REASONS,
+    iter_line_chunks,
+    parse_file,
+    parse_lines,
+    prepare_amazon,
+    word_code,
+)
 from recstack.data.store import OOV_ID, Dataset
 from recstack.errors import DataError
 from tests.conftest import shared_data
@@ -108,6 +116,12 @@ def test_a_bad_category_line_stops_the_run(tmp_path):
         prepare_amazon(raw, tmp_path / "out", show_progress=False)
 
 
+def test_a_category_id_beyond_int32_stops_the_run(tmp_path):
+    raw = write_din_dir(tmp_path / "raw", categories=[3, 2**31 - 2, 2**31 - 1, 4])
+    with pytest.raises(DataError, match=r"cate_list.csv, line 3: category id 2147483647 is over 2147483646"):
+        prepare_amazon(raw, tmp_path / "out", show_progress=False)  # was stored wrapped around as int32
+
+
 def test_real_sample_matches_a_plain_csv_reading(tmp_path):
     source = shared_data("amazon-electronics-din")
     report = prepare_amazon(source, tmp_path / "out", user_min_count=1, show_progress=False)
@@ -142,3 +156,41 @@ def test_cli_writes_the_report_and_fails_in_one_line(tmp_path, capsys):
     assert main(["data", "prepare", "amazon", "--input", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not a directory" in err[0]
+
+
+def test_parse_lines_keeps_the_template_width_when_no_line_fits():
+    for data in (b"", b"garbage\n", b"\n\n"):
+        p = parse_lines(data, "D,[L],D,D")
+        assert p.fields.shape == (0, 3) and p.list_lengths.size == 0
+    assert parse_lines(b"x\n", "D,D,D,W,D").fields.shape == (0, 5)
+
+
+@pytest.mark.parametrize("which", ["train", "test"])
+@pytest.mark.parametrize("lines, why", [([], "the file is empty"), (["garbage", "1,2"], "none of its 2 line")])
+def test_a_file_without_usable_rows_is_one_data_error(tmp_path, capsys, which, lines, why):
+    files = {"train": TRAIN, "test": TEST, which: lines}
+    raw = write_din_dir(tmp_path / "raw", train=files["train"], test=files["test"])
+    (raw / f"{which}_set_mini.csv").write_text("".join(f"{line}\n" for line in lines))
+    report_path = tmp_path / "report.json"
+    assert main(["data", "prepare", "amazon", "--input", str(raw), "--out", str(tmp_path / "out"),
+                 "--report", str(report_path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"no usable rows in {raw / f'{which}_set_mini.csv'}" in err[0] and why in err[0]
+    report = json.loads(report_path.read_text())
+    assert report["rows_read"] == report["rows_kept"] + report["rows_rejected"]
+    assert report["rejects_by_reason"]["malformed_line"] >= (2 if lines else 0)
+    assert not (tmp_path / "out" / "schema.json").exists()
+
+
+def test_an_overlong_line_is_cut_and_rejected_with_memory_bounded(tmp_path):
+    path = tmp_path / "lines.csv"
+    long_line = b"1,[" + b"2," * 5000 + b"3],4,1"  # 10 kB: over a 1 kB limit
+    path.write_bytes(b"1,[2],3,1\n" + long_line + b"\n5,[6],7,0\n" + b"x" * 5000)  # the last: no newline at all
+    p = parse_file(path, "D,[L],D,D", chunk_bytes=700, max_line_bytes=1000)
+    assert p.lines.tolist() == [1, 3] and p.fields.tolist() == [[1, 3, 1], [5, 7, 0]]
+    assert p.reject_lines.tolist() == [2, 4]
+    assert [LINE_REJECT_REASONS[c] for c in p.reject_codes] == ["line_too_long", "line_too_long"]
+    assert parse_file(path, "D,[L],D,D", chunk_bytes=700).lines.tolist() == [1, 2, 3]  # under the default limit
+    chunks = list(iter_line_chunks(path, chunk_bytes=700, max_line_bytes=1000))
+    assert max(len(data) for data, _ in chunks) <= 700 + 1001  # a chunk and the head of a line, never more
+    assert [first for _, first in chunks] == sorted(first for _, first in chunks)

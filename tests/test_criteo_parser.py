@@ -517,3 +517,18 @@ def test_reject_reason_names_are_stable():
         "binary_garbage",
         "truncated_gzip",
     )
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda z: z[: len(z) // 2], "after line \\d+: the file is cut short .* an incomplete download or copy"),
+    (lambda z: z[:-8] + bytes(b ^ 0xFF for b in z[-8:-4]) + z[-4:], "fails gzip's checksum .* may be damaged too"),
+    (lambda z: z[:3] + b"\x07" + z[4:12] + b"garbage" * 50, "before its first line: .*; nothing could be read"),
+    (lambda z: b"\x1f\x8bnot gzip at all" * 10, "starts like gzip .bytes 1f 8b. but has no valid gzip header"),
+], ids=["truncated", "checksum", "corrupt-at-start", "not-gzip"])
+def test_a_damaged_gzip_note_says_what_is_wrong_with_the_file(tmp_path, damage, says):
+    data = random_text(seed=4, n=3000, terminated=True)
+    path = tmp_path / "in.tsv.gz"
+    path.write_bytes(damage(gzip.compress(data)))
+    notes = [n for c in iter_criteo_chunks([path], chunk_bytes=8192) for n in c.notes]
+    assert len(notes) == 1 and notes[0].startswith(f"{path}: gzip stream ends early")
+    assert re.search(says, notes[0]), notes[0]

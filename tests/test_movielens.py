@@ -219,3 +219,43 @@ def test_recipe_reaches_target(tmp_path):
     metrics = train_recipe(data, tmp_path, seed=0)
     assert metrics["hr_at_10"] >= 0.62, metrics
     assert metrics["ndcg_at_10"] >= 0.36, metrics
+
+
+def run_cli(args: list[str]) -> int:
+    """main(), with argparse's refusals (SystemExit) read as their exit code."""
+    try:
+        return main(args)
+    except SystemExit as exc:
+        return int(exc.code)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--seed", "-1", "argument --seed: expected a seed in [0, 4294967295], got -1"),
+    ("--negatives", "0", "argument --negatives: expected a positive integer, got 0"),
+    ("--negatives", "-3", "argument --negatives: expected a positive integer"),
+    ("--rounds", "0", "argument --rounds: expected a positive integer"),
+    ("--test-negatives", "nan", "argument --test-negatives: expected a positive integer, got 'nan'"),
+    ("--negatives", "1000000000", "(1 + --negatives 1000000000)"),
+    ("--rounds", "100000000", "--rounds 100000000 x"),
+])
+def test_options_out_of_range_are_refused_before_any_work(tmp_path, capsys, option, value, message):
+    path, _ = write_corrupted(tmp_path)
+    assert run_cli(["data", "prepare", "movielens", "--input", str(path), "--out", str(tmp_path / "out"),
+                    "--quiet", option, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and "error" in err[-1]
+    if not message.startswith("argument"):  # the size check: one line that names the limit and what to lower
+        assert len(err) == 1 and "over the limit of 2,147,483,647 rows" in err[0] and "lower --negatives" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", r"no usable ratings in .*u.data \(the file is empty\)"),
+    (b"1\t2\t3\t4\n2\t3\t3\t5\n", "no training ratings in .*a user needs at least 2 ratings .all 2 users here have 1."),
+])
+def test_input_without_training_ratings_is_one_data_error(tmp_path, content, message):
+    (tmp_path / "u.data").write_bytes(content)
+    with pytest.raises(DataError, match=message) as caught:
+        prepare_movielens(tmp_path, tmp_path / "out", test_negatives=1, show_progress=False)
+    assert caught.value.report["rows_read"] == content.count(b"\n")  # the report still counts what was read
+    assert not (tmp_path / "out").exists()

@@ -135,8 +135,14 @@ def test_split_tail_rounding(tmp_path):
     report = prepare(src, tmp_path / "ds", split_tail=0.15)
     assert report["splits"] == {"train": [0, 86], "test": [86, 101]}
     assert "test" not in prepare(src, tmp_path / "ds2")["splits"]
-    with pytest.raises(DataError, match="split_tail"):
-        prepare(src, tmp_path / "ds3", split_tail=1.0)
+    for bad in (1.0, -0.1, float("nan"), float("inf")):
+        with pytest.raises(DataError, match=r"--split-tail must be in \[0, 1\), got"):
+            prepare(src, tmp_path / "ds3", split_tail=bad)
+    with pytest.raises(DataError, match="--split-tail 0.999 leaves no training rows out of 101"):
+        prepare(src, tmp_path / "ds3", split_tail=0.999)
+    with pytest.raises(DataError, match="--split-tail 0.001 of 101 rows gives no test rows; use at least 0.00990099"):
+        prepare(src, tmp_path / "ds3", split_tail=0.001)  # an empty test split, silently, before
+    assert not (tmp_path / "ds3").exists()
 
 
 def test_hash_mode(tmp_path):
@@ -156,8 +162,12 @@ def test_hash_mode(tmp_path):
         for key in np.unique(parsed.cat[~parsed.missing[:, j], j])[:5]:  # one id per key
             assert len(set(ids[(parsed.cat[:, j] == key) & ~parsed.missing[:, j]].tolist())) == 1
     assert ds.schema.info["hash_buckets"] == 1000
-    with pytest.raises(DataError, match="hash_buckets"):
-        prepare(src, tmp_path / "bad", hash_buckets=2)
+    for bad in (2, 2**31, 10**30, 3.7):  # 2**31 rows of a hashed table would not fit one machine at training
+        with pytest.raises(DataError, match=r"--hash-buckets must be an integer in \[3, 2147483647\]"):
+            prepare(src, tmp_path / "bad", hash_buckets=bad)
+    with pytest.raises(DataError, match="--vocab-min-count must be an integer >= 1"):
+        prepare(src, tmp_path / "bad", vocab_min_count=0)
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -243,8 +253,15 @@ def test_input_errors(tmp_path):
         prepare(tmp_path, tmp_path / "ds")
     empty = tmp_path / "empty.tsv"
     empty.write_text("")
-    with pytest.raises(DataError, match="no usable rows"):
+    with pytest.raises(DataError, match=r"no usable rows in .*empty.tsv \(the input holds no rows\)"):
         prepare(empty, tmp_path / "ds")
+    not_gzip = tmp_path / "bad.tsv.gz"
+    not_gzip.write_bytes(b"\x1f\x8b" + b"not gzip" * 20)
+    with pytest.raises(DataError, match="no usable rows .*starts like gzip .bytes 1f 8b. but has no valid gzip header"):
+        prepare(not_gzip, tmp_path / "ds")
+    for workers in (0, 10**6):  # a million forked parsers would exhaust the machine
+        with pytest.raises(DataError, match=r"--workers must be in \[1, \d+\] \(4 per CPU"):
+            prepare(empty, tmp_path / "ds", workers=workers)
     junk = tmp_path / "junk.tsv"
     junk.write_text("a\tb\nc\n")
     with pytest.raises(DataError, match="no usable rows.*wrong_field_count"):

@@ -216,3 +216,46 @@ def test_bad_arguments(tmp_path: Path) -> None:
         synth.Pooling("fixed", 0, 0)
     with pytest.raises(DataError):
         synth.Pooling.uniform(3, 2)
+
+
+@pytest.mark.parametrize("fraction, message", [
+    (0.9999, "leaves no train rows out of 100; use at most 0.99"),
+    (0.995, "leaves no train rows"),
+    (0.001, "gives no test rows; use at least 0.01, or 0 for no test split"),
+    (1.0, r"must be in \[0, 1\)"),
+    (-0.1, r"must be in \[0, 1\)"),
+    (float("nan"), r"must be in \[0, 1\)"),
+])
+def test_a_test_fraction_that_empties_a_split_is_refused(tmp_path: Path, fraction: float, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        synth.generate("tiny", 100, tmp_path / "out", test_fraction=fraction, show_progress=False)
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_split_edges_that_still_leave_rows(tmp_path: Path) -> None:
+    assert synth.first_test_row(100, 0.99) == 1 and synth.first_test_row(100, 0.01) == 99
+    assert synth.first_test_row(100, 0.0) == 100  # no test split asked for: `bench train` uses it
+
+
+def test_cli_names_the_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from recstack.cli import main
+
+    for args, message in ((["--test-fraction", "0.9999"], "leaves no train rows"),
+                          (["--test-fraction", "nan"], "--test-fraction must be in [0, 1), got nan"),
+                          (["--seed", "-1"], "seed")):
+        try:
+            code = main(["data", "synth", "--preset", "tiny", "--rows", "100", "--out", str(tmp_path / "o"), "--quiet",
+                         *args])
+        except SystemExit as exc:  # refused by argparse (its usage line comes first)
+            code = exc.code
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and "error" in err[-1] and message in err[-1], err
+
+
+def test_rows_that_cannot_fit_the_disk_are_refused_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"10,000,000,000,000 rows of preset tiny take about 720,000.0 GB, but .* free"):
+        synth.generate("tiny", 10**13, tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out").exists()
+    synth.generate("tiny", 1000, tmp_path / "out", show_progress=False, workers=1)
+    size = sum(p.stat().st_size for p in (tmp_path / "out").rglob("*.bin"))
+    assert size == pytest.approx(1000 * synth.row_bytes(synth.get_preset("tiny")), rel=0.05)  # the estimate holds

@@ -5,8 +5,13 @@ in test, rejects counted; and the same checks over the real sample against a pla
 from __future__ import annotations
 
 import csv
+import json
+import re
 from collections import defaultdict
 
+import pytest
+
+from recstack.cli import main
 from recstack.data.store import FIRST_VOCAB_ID, Dataset
 from recstack.data.taobao import prepare_taobao
 from tests.conftest import shared_data
@@ -96,3 +101,54 @@ def test_real_sample_against_a_plain_reading(tmp_path):
     target = ds.values["target_item"][:, 0]
     assert (target[0::2] != target[1::2]).all(), "a negative is never its positive"
     assert all(rows[k]["hist"] == rows[k + 1]["hist"] for k in range(0, len(rows), 2))
+
+
+@pytest.mark.parametrize("lines, why", [
+    ([], "no usable rows in .*the file is empty"),
+    (["a,b,c", "xx", "1,2,3,pv"], "no usable rows in .*none of its 3 line.* 3 malformed_line"),
+    (["1,10,100,cart,1", "2,11,100,buy,2"], "no clicks"),
+    (["1,10,100,pv,1", "1,11,100,pv,2", "2,11,100,pv,2", "2,12,100,pv,3"],
+     r"no training samples .*at least 3 clicks \(the most here: 2\)"),
+])
+def test_input_without_training_samples_is_one_data_error(tmp_path, capsys, lines, why):
+    raw = tmp_path / "ub.csv"
+    raw.write_text("".join(f"{line}\n" for line in lines))
+    report_path = tmp_path / "report.json"
+    assert main(["data", "prepare", "taobao", "--input", str(raw), "--out", str(tmp_path / "out"),
+                 "--report", str(report_path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert re.search(why, err[0]), err[0]
+    report = json.loads(report_path.read_text())
+    assert report["rows_read"] == len(lines) == report["rows_kept"] + report["rows_rejected"]
+    assert not (tmp_path / "out" / "schema.json").exists()
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--seed", "-1", "argument --seed: expected a seed in [0, 4294967295], got -1"),
+    ("--negatives", "0", "argument --negatives: expected a positive integer, got 0"),
+    ("--max-history", "-2", "argument --max-history: expected a positive integer"),
+    ("--user-min-count", "1.5", "argument --user-min-count: expected a positive integer, got '1.5'"),
+    ("--negatives", "1000000000",
+     "4 click targets x (1 + --negatives 1000000000) = 4,000,000,004 rows, over the limit"),
+])
+def test_options_out_of_range_are_refused(tmp_path, capsys, option, value, message):
+    raw = tmp_path / "ub.csv"
+    raw.write_text("\n".join(LINES) + "\n")
+    try:
+        code = main(["data", "prepare", "taobao", "--input", str(raw), "--out", str(tmp_path / "out"), "--quiet",
+                     option, value])
+    except SystemExit as exc:  # refused by argparse
+        code = exc.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and message in err[-1] and "error" in err[-1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_history_cap_beyond_every_sequence_is_no_cap(tmp_path):
+    raw = tmp_path / "ub.csv"
+    raw.write_text("\n".join(LINES) + "\n")
+    uncapped = prepare_taobao(raw, tmp_path / "a", max_history=10**30, seed=1, show_progress=False)
+    capped = prepare_taobao(raw, tmp_path / "b", max_history=50, seed=1, show_progress=False)
+    assert uncapped["rows_written"] == capped["rows_written"]
+    assert decoded(Dataset(tmp_path / "a")) == decoded(Dataset(tmp_path / "b"))

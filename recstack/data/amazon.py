@@ -30,12 +30,16 @@ from typing import Any
 
 import numpy as np
 
+from recstack import argtypes
 from recstack.errors import DataError
 
-LINE_REJECT_REASONS: tuple[str, ...] = ("empty_line", "bad_character", "malformed_line", "number_too_long")
+LINE_REJECT_REASONS: tuple[str, ...] = (
+    "empty_line", "bad_character", "malformed_line", "number_too_long", "line_too_long",
+)
 """What `parse_lines` rejects: a blank line; a byte outside digits, letters, spaces, quotes and the
 template's punctuation; tokens that do not follow the template (a missing field or bracket, a
-non-number where a number belongs); a number of more than 18 digits."""
+non-number where a number belongs); a number of more than 18 digits; a line of more than
+MAX_LINE_BYTES."""
 AMAZON_REJECT_REASONS: tuple[str, ...] = (*LINE_REJECT_REASONS, "bad_label", "unknown_item")
 """bad_label: not 0 or 1; unknown_item: an item id beyond cate_list (no category to join)."""
 
@@ -43,7 +47,13 @@ DEFAULT_USER_MIN_COUNT = 2
 """Users with fewer train rows share OOV_ID: a user seen once gets one gradient step and mostly noise
 (in the mini sample 95% of the train users are seen once, and 95% of the test users never)."""
 CHUNK_BYTES = 16 << 20
+MAX_LINE_BYTES = 1 << 20
+"""Longer lines are rejected (`line_too_long`) and only their first MAX_LINE_BYTES + 1 bytes are held:
+DIN and UserBehavior lines are under 10 KB, and parsing costs about 35 bytes of memory per byte of a
+chunk, so a file without newlines (binary data) must not be parsed as one giant line."""
 MAX_DIGITS = 18
+MAX_CATEGORY_ID = int(np.iinfo(np.int32).max) - 1
+"""Category ids are kept as given: stored as int32, they index a table of max id + 1 rows."""
 FEATURES = ("user", "target_item", "target_cate", "hist_item", "hist_cate")
 _SKIPPED = b' "\r\n'
 _PUNCTUATION = b",[]()"
@@ -119,7 +129,12 @@ def _word_values(a: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndar
     return code
 
 
-def parse_lines(data: bytes, template: str, first_line: int = 1) -> ParsedLines:
+def template_width(template: str) -> int:
+    """Fixed number and word fields of a template: the columns of ParsedLines.fields (even with no lines)."""
+    return template.count("D") + template.count("W")
+
+
+def parse_lines(data: bytes, template: str, first_line: int = 1, max_line_bytes: int = MAX_LINE_BYTES) -> ParsedLines:
     """Parse complete lines against a template of tokens: `D` a number, `W` a word, punctuation
     `,[]()` itself, and at most one `L`: a list of numbers separated by commas (possibly empty).
     Spaces and double quotes are ignored (CSV quoting), so `1,"[2, 3]",4` fits `D,[L],D`."""
@@ -170,13 +185,15 @@ def parse_lines(data: bytes, template: str, first_line: int = 1) -> ParsedLines:
     reason[mismatch | ~shape_ok] = code["malformed_line"]
     reason[tokens_per_line == 0] = code["empty_line"]
     reason[np.bincount(np.searchsorted(newlines, np.flatnonzero(other)), minlength=num_lines) > 0] = code["bad_character"]
+    line_ends = np.append(newlines, a.size)[:num_lines]
+    reason[np.diff(line_ends, prepend=-1) - 1 > max_line_bytes] = code["line_too_long"]
 
     kept = reason < 0
     line_numbers = np.arange(first_line, first_line + num_lines)
     keep_token = kept[token_line] & ((token_kind == _NUMBER) | (token_kind == _WORD))
     values, lines_of = token_value[keep_token], token_line[keep_token]
     in_list = middle[keep_token] if has_list else np.zeros(values.size, bool)
-    fixed = values[~in_list].reshape(int(kept.sum()), -1) if kept.any() else np.zeros((0, 0), np.int64)
+    fixed = values[~in_list].reshape(int(kept.sum()), template_width(template))
     return ParsedLines(
         fields=fixed,
         list_values=values[in_list],
@@ -188,36 +205,42 @@ def parse_lines(data: bytes, template: str, first_line: int = 1) -> ParsedLines:
     )
 
 
-def iter_line_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[bytes, int]]:
-    """(complete lines, 1-based number of the first) of a text file, about chunk_bytes at a time."""
+def iter_line_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES,
+                     max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[bytes, int]]:
+    """(complete lines, 1-based number of the first) of a text file, about chunk_bytes at a time. A line
+    longer than max_line_bytes is cut to its first max_line_bytes + 1 bytes (parse_lines rejects it),
+    so memory stays bounded whatever the file holds."""
     line = 1
     rest = b""
+    skipping = False  # inside an overlong line whose head is in `rest`: drop bytes up to its newline
     with open(path, "rb") as fh:
-        while True:
-            block = fh.read(chunk_bytes)
-            if not block:
-                break
+        while block := fh.read(chunk_bytes):
+            if skipping:
+                nl = block.find(b"\n")
+                if nl < 0:
+                    continue
+                block, skipping = block[nl:], False  # the newline ends the cut line
             data = rest + block
             cut = data.rfind(b"\n") + 1
-            if cut == 0:
-                rest = data
-                continue
-            yield data[:cut], line
-            line += data.count(b"\n", 0, cut)
+            if cut:
+                yield data[:cut], line
+                line += data.count(b"\n", 0, cut)
             rest = data[cut:]
+            if len(rest) > max_line_bytes:
+                rest, skipping = rest[: max_line_bytes + 1], True
     if rest:
         yield rest, line
 
 
-def parse_file(path: Path, template: str, chunk_bytes: int = CHUNK_BYTES) -> ParsedLines:
+def parse_file(path: Path, template: str, chunk_bytes: int = CHUNK_BYTES,
+               max_line_bytes: int = MAX_LINE_BYTES) -> ParsedLines:
     """`parse_lines` over a whole file, a chunk at a time, results concatenated."""
-    parts = [parse_lines(data, template, first) for data, first in iter_line_chunks(path, chunk_bytes)]
+    parts = [parse_lines(data, template, first, max_line_bytes)
+             for data, first in iter_line_chunks(path, chunk_bytes, max_line_bytes)]
     if not parts:
         return parse_lines(b"", template)
-    widths = {p.fields.shape[1] for p in parts if p.fields.size}
-    width = widths.pop() if widths else 0
     return ParsedLines(
-        fields=np.concatenate([p.fields.reshape(-1, width) for p in parts]),
+        fields=np.concatenate([p.fields for p in parts]),
         list_values=np.concatenate([p.list_values for p in parts]),
         list_lengths=np.concatenate([p.list_lengths for p in parts]),
         lines=np.concatenate([p.lines for p in parts]),
@@ -315,6 +338,14 @@ def accounting(log, lines_by_file: dict[str, int]) -> dict[str, Any]:
             "notes": list(log.notes), "lines_by_file": lines_by_file}
 
 
+def require_rows(path: Path, kept: int, lines: int, log, lines_by_file: dict[str, int]) -> None:
+    """A DataError (with the accounting for the report) when a file gave no usable rows."""
+    if kept == 0:
+        why = ("the file is empty" if lines == 0
+               else f"none of its {lines:,} line(s) is usable; rejects so far: {log.summary()}")
+        raise DataError(f"no usable rows in {path} ({why})", report=accounting(log, lines_by_file))
+
+
 def data_report(info: dict[str, Any], text_bytes: int, started: float, out: Path, written: dict[str, Any],
                 files: list[Path]) -> dict[str, Any]:
     """The report every behaviour converter writes (the keys of recstack.data.prepare's)."""
@@ -345,7 +376,13 @@ def read_categories(path: Path) -> np.ndarray:
         raise DataError(f"{path}, line {line}: {LINE_REJECT_REASONS[code]}; every line must hold one category id")
     if parsed.lines.size == 0:
         raise DataError(f"{path} holds no categories")
-    return parsed.fields[:, 0]
+    categories = parsed.fields[:, 0]
+    too_big = np.flatnonzero(categories > MAX_CATEGORY_ID)
+    if too_big.size:
+        line = int(parsed.lines[too_big[0]])
+        raise DataError(f"{path}, line {line}: category id {int(categories[too_big[0]])} is over {MAX_CATEGORY_ID} "
+                        "(ids are stored as int32 and index a table of max id + 1 rows)")
+    return categories
 
 
 def _check_rows(parsed: ParsedLines, item_fields: list[int], label_field: int | None, num_items: int,
@@ -361,6 +398,17 @@ def _check_rows(parsed: ParsedLines, item_fields: list[int], label_field: int | 
     if label_field is not None:
         reason[(parsed.fields[:, label_field] != 0) & (parsed.fields[:, label_field] != 1)] = codes["bad_label"]
     return reason
+
+
+def _usable_lines(path: Path, template: str, item_fields: list[int], label_field: int | None, *, num_items: int,
+                  codes: dict[str, int], log, lines_by_file: dict[str, int]) -> ParsedLines:
+    """A file's lines that parse and pass `_check_rows`; the others go to `log`. None usable: a DataError."""
+    parsed = parse_file(path, template)
+    lines_by_file[path.name] = parsed.num_lines
+    bad = _check_rows(parsed, item_fields, label_field, num_items, codes)
+    log_rejects(log, path, parsed, bad)
+    require_rows(path, int((bad < 0).sum()), parsed.num_lines, log, lines_by_file)
+    return parsed.take(bad < 0)
 
 
 def log_rejects(log, path: Path, parsed: ParsedLines, semantic: np.ndarray) -> None:
@@ -389,7 +437,7 @@ def prepare_amazon(
     if not directory.is_dir():
         raise DataError(f"--input {directory} is not a directory (it should hold train_set*.csv, test_set*.csv and cate_list.csv)")
     if user_min_count < 1:
-        raise DataError(f"user_min_count must be >= 1, got {user_min_count}")
+        raise DataError(f"--user-min-count must be >= 1, got {user_min_count}")
     train_path, test_path = _find(directory, "train_set*.csv"), _find(directory, "test_set*.csv")
     cate_path = _find(directory, "cate_list.csv")
     files = check_inputs([train_path, test_path, cate_path])
@@ -397,17 +445,10 @@ def prepare_amazon(
     codes = {name: i for i, name in enumerate(AMAZON_REJECT_REASONS)}
     log = RejectLog(AMAZON_REJECT_REASONS, strict)
 
-    train = parse_file(train_path, "D,[L],D,D")  # user, history, target, label
-    test = parse_file(test_path, "D,[L],(D,D)")  # user, history, (positive, negative)
-    lines_by_file = {train_path.name: train.num_lines, test_path.name: test.num_lines}
-    bad = _check_rows(train, [1], 2, categories.size, codes)
-    log_rejects(log, train_path, train, bad)
-    train = train.take(bad < 0)
-    bad = _check_rows(test, [1, 2], None, categories.size, codes)
-    log_rejects(log, test_path, test, bad)
-    test = test.take(bad < 0)
-    if len(train.lines) == 0:
-        raise DataError(f"no usable rows in {train_path} ({log.summary()})", report=accounting(log, lines_by_file))
+    lines_by_file: dict[str, int] = {}
+    read = dict(num_items=categories.size, codes=codes, log=log, lines_by_file=lines_by_file)
+    train = _usable_lines(train_path, "D,[L],D,D", [1], 2, **read)  # user, history, target, label
+    test = _usable_lines(test_path, "D,[L],(D,D)", [1, 2], None, **read)  # user, history, (positive, negative)
 
     splits = {
         "train": BehaviourRows(train.fields[:, 0], train.fields[:, 1], train.list_values, train.list_lengths,
@@ -456,7 +497,7 @@ def _doubled(test: ParsedLines) -> BehaviourRows:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, metavar="DIR", help="directory with train_set*.csv, test_set*.csv, cate_list.csv")
     parser.add_argument("--out", required=True, metavar="DIR")
-    parser.add_argument("--user-min-count", type=int, default=DEFAULT_USER_MIN_COUNT, metavar="N",
+    parser.add_argument("--user-min-count", type=argtypes.positive_int, default=DEFAULT_USER_MIN_COUNT, metavar="N",
                         help=f"users with fewer train rows share the OOV id (default {DEFAULT_USER_MIN_COUNT})")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad line")
     parser.add_argument("--report", metavar="FILE", help="write the JSON report here")

@@ -33,20 +33,25 @@ from recstack.errors import DataError
 __all__ = [
     "CAT_NAMES",
     "DENSE_NAMES",
+    "GzipEnded",
     "LABEL_NAME",
     "MAX_LINE_BYTES",
-    "REJECT_REASONS",
     "ParsedChunk",
+    "REJECT_REASONS",
     "RawChunk",
     "VocabIndex",
     "detect_has_label",
     "encode_chunk",
     "encode_hash",
     "encode_vocab",
+    "gzip_blocks",
+    "input_blocks",
     "iter_criteo_chunks",
     "iter_raw_chunks",
+    "open_input",
     "parse_chunk",
     "parse_raw_chunk",
+    "plain_blocks",
 ]
 
 N_DENSE = 13
@@ -403,22 +408,35 @@ class RawChunk:
 GZIP_READ_BYTES = 1 << 16
 
 
-class _GzipEnded(Exception):
-    """A gzip stream that ends before its end-of-stream marker, or is corrupt."""
+class GzipEnded(Exception):
+    """A gzip stream that ends before its end-of-stream marker, or is corrupt; the message says which."""
+
+
+GZIP_TRUNCATED = "the file is cut short (it ends before gzip's end-of-stream marker: an incomplete download or copy?)"
+
+
+def _corrupt(exc: zlib.error) -> str:
+    detail = str(exc).removeprefix("Error -3 while decompressing data: ")
+    if "header" in detail or "compression method" in detail:
+        return f"it starts like gzip (bytes 1f 8b) but has no valid gzip header (zlib: {detail})"
+    if detail == "incorrect data check":  # the CRC at a member's end: the damage lies somewhere before it
+        return ("the decompressed data fails gzip's checksum (zlib: incorrect data check), so the lines before "
+                "this point may be damaged too")
+    return f"the compressed data is corrupt there (zlib: {detail})"
 
 
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-def _plain_blocks(fh, block_bytes: int, consumed: list[int]) -> Iterator[bytes]:
+def plain_blocks(fh, block_bytes: int, consumed: list[int]) -> Iterator[bytes]:
     while block := fh.read(block_bytes):
         consumed[0] += len(block)
         yield block
 
 
-def _gzip_blocks(fh, block_bytes: int, consumed: list[int]) -> Iterator[bytes]:
+def gzip_blocks(fh, block_bytes: int, consumed: list[int]) -> Iterator[bytes]:
     """Decompress (possibly multi-member) gzip ourselves, so that everything decoded before a
-    truncation or corruption is still delivered before `_GzipEnded` is raised."""
+    truncation or corruption is still delivered before `GzipEnded` is raised."""
     decoder = zlib.decompressobj(wbits=31)
     member_started = False
     pending = b""
@@ -432,17 +450,17 @@ def _gzip_blocks(fh, block_bytes: int, consumed: list[int]) -> Iterator[bytes]:
                     try:
                         tail = decoder.flush()  # output zlib still holds back
                     except zlib.error as exc:
-                        raise _GzipEnded(f"corrupt gzip data ({exc})") from None
+                        raise GzipEnded(_corrupt(exc)) from None
                     if tail:
                         yield tail
                     if not decoder.eof:
-                        raise _GzipEnded("compressed stream ended before the end-of-stream marker")
+                        raise GzipEnded(GZIP_TRUNCATED)
                 return
         member_started = True
         try:
             out = decoder.decompress(pending, block_bytes)
         except zlib.error as exc:
-            raise _GzipEnded(f"corrupt gzip data ({exc})") from None
+            raise GzipEnded(_corrupt(exc)) from None
         if out:
             yield out
         if decoder.eof:
@@ -453,7 +471,8 @@ def _gzip_blocks(fh, block_bytes: int, consumed: list[int]) -> Iterator[bytes]:
             pending = decoder.unconsumed_tail
 
 
-def _open_input(path: Path):
+def open_input(path: Path):
+    """(the file opened for binary reading, whether it is gzip: told by its magic bytes, not its name)."""
     if not path.exists():
         raise DataError(f"input file {path} does not exist")
     if path.is_dir():
@@ -467,14 +486,22 @@ def _open_input(path: Path):
     return fh, magic == GZIP_MAGIC
 
 
+def input_blocks(path: Path, block_bytes: int, consumed: list[int]):
+    """(file handle, iterator of decoded blocks) of a plain or gzip file; `consumed[0]` counts the input
+    bytes read. A damaged gzip stream raises GzipEnded after its last good block: readers keep the
+    complete lines before it and note the damage."""
+    fh, is_gzip = open_input(path)
+    return fh, (gzip_blocks if is_gzip else plain_blocks)(fh, block_bytes, consumed)
+
+
 def _count_lines(data: bytes) -> int:
     return int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n")))
 
 
 def _file_chunks(path: Path, chunk_bytes: int, max_line_bytes: int) -> Iterator[RawChunk]:
-    fh, is_gzip = _open_input(path)
-    name = str(path)
     consumed = [0]  # input bytes read so far, updated by the block generators
+    fh, blocks = input_blocks(path, chunk_bytes, consumed)
+    name = str(path)
     reported = 0  # input bytes already attributed to a yielded chunk
     line = 1
     parts: list[bytes] = []  # blocks read but not yielded yet
@@ -488,7 +515,6 @@ def _file_chunks(path: Path, chunk_bytes: int, max_line_bytes: int) -> Iterator[
         reported = consumed[0]
         return chunk
 
-    blocks = (_gzip_blocks if is_gzip else _plain_blocks)(fh, chunk_bytes, consumed)
     try:
         with fh:
             for block in blocks:
@@ -519,7 +545,7 @@ def _file_chunks(path: Path, chunk_bytes: int, max_line_bytes: int) -> Iterator[
                     parts, size = ([tail] if tail else []), len(tail)
                     yield emit(data)
                     line += _count_lines(data)
-    except _GzipEnded as exc:
+    except GzipEnded as exc:
         yield from _truncated_tail(emit, b"".join(parts), skipped, line, name, str(exc))
         return
     except OSError as exc:
@@ -536,8 +562,15 @@ def _truncated_tail(emit, buf: bytes, skipped: int, line: int, name: str, why: s
     complete, partial = buf[:cut], buf[cut:]
     partial_line = line + _count_lines(complete)
     rejects = [(partial_line, "truncated_gzip")] if (partial or skipped) else []
-    note = f"{name}: gzip stream ends early after line {partial_line - 1} ({why}); reading stopped there"
-    yield emit(complete, rejects, [note], extra=len(partial) + skipped)
+    yield emit(complete, rejects, [gzip_note(name, partial_line - 1, why)], extra=len(partial) + skipped)
+
+
+def gzip_note(name: str, last_line: int, why: str) -> str:
+    """The note a reader records when a gzip stream broke (`why`, from GzipEnded) after `last_line`
+    complete lines."""
+    if last_line == 0:
+        return f"{name}: gzip stream ends early, before its first line: {why}; nothing could be read"
+    return f"{name}: gzip stream ends early after line {last_line}: {why}; the lines before it were read"
 
 
 def iter_raw_chunks(

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from recstack import argtypes
 from recstack.errors import DataError
 
 USER, ITEM, LABEL = "user", "item", "label"
@@ -337,9 +338,14 @@ def prepare_movielens(
         "files": [str(path)],
     }
     if ratings.line.size == 0:
-        raise DataError(f"no usable ratings in {path} ({log.summary()})", report=report)
+        why = log.summary() if log.rows_rejected else "the file is empty"
+        raise DataError(f"no usable ratings in {path} ({why})", report=report)
     raw_users, user = np.unique(ratings.user, return_inverse=True)
     raw_items, item = np.unique(ratings.item, return_inverse=True)
+    if ratings.line.size == raw_users.size:
+        raise DataError(f"no training ratings in {path}: each user's latest rating is held out for test, so a user "
+                        f"needs at least 2 ratings (all {raw_users.size:,} users here have 1)", report=report)
+    _check_output_size(ratings.line.size, raw_users.size, raw_items.size, negatives, rounds, test_negatives)
     try:
         split = split_leave_one_out(user, item, ratings, test_negatives, np.random.default_rng(seed))
     except DataError as exc:
@@ -372,6 +378,19 @@ def prepare_movielens(
             f"positives x {rounds} round(s) with {negatives} negatives each, {split.num_users:,} test groups of "
             f"{1 + test_negatives}; ItemPop HR@10 {itempop['hr_at_10']:.4f}, NDCG@10 {itempop['ndcg_at_10']:.4f} -> {out}")
     return report
+
+
+def _check_output_size(num_ratings: int, num_users: int, num_items: int, negatives: int, rounds: int,
+                       test_negatives: int) -> None:
+    """Refuse, before sampling, options whose rows would not fit (see prepare.MAX_OUTPUT_ROWS)."""
+    from recstack.data.prepare import check_output_rows
+
+    positives = num_ratings - num_users  # each user's latest rating is held out
+    group = 1 + min(test_negatives, num_items)  # more test negatives than items: split_leave_one_out says so
+    check_output_rows(rounds * positives * (1 + negatives) + num_users * group,
+                      f"--rounds {rounds} x {positives:,} training positives x (1 + --negatives {negatives}) + "
+                      f"{num_users:,} users x (1 + --test-negatives {test_negatives})",
+                      "--negatives, --rounds or --test-negatives")
 
 
 def _write_rows(out: Path, split: LeaveOneOut, raw_users: np.ndarray, raw_items: np.ndarray, negatives: int,
@@ -430,12 +449,13 @@ def _info(report: dict[str, Any], double_colon: bool) -> dict[str, Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, metavar="DIR", help="an ml-100k or ml-1m folder (or its u.data / ratings.dat)")
     parser.add_argument("--out", required=True, metavar="DIR")
-    parser.add_argument("--negatives", type=int, default=4, metavar="K", help="sampled negatives per training positive (default 4)")
-    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, metavar="R",
+    parser.add_argument("--negatives", type=argtypes.positive_int, default=4, metavar="K",
+                        help="sampled negatives per training positive (default 4)")
+    parser.add_argument("--rounds", type=argtypes.positive_int, default=DEFAULT_ROUNDS, metavar="R",
                         help=f"copies of the positives, each with fresh negatives: one pass = R NCF epochs (default {DEFAULT_ROUNDS})")
-    parser.add_argument("--test-negatives", type=int, default=99, metavar="N",
+    parser.add_argument("--test-negatives", type=argtypes.positive_int, default=99, metavar="N",
                         help="sampled negatives ranked against each held-out item (default 99)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=argtypes.seed, default=0, help="seed of the negative sampling (default 0)")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad line")
     parser.add_argument("--report", metavar="FILE", help="write the JSON report here")
     parser.add_argument("--quiet", action="store_true", help="no progress or tables")

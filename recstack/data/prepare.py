@@ -43,6 +43,8 @@ from recstack.data.criteo import (
 )
 from recstack.data.store import FIRST_VOCAB_ID, SCHEMA_FILE, DatasetWriter, SparseFeature
 from recstack.data.vocab import (
+    HASH_BUCKETS_RANGE,
+    MAX_COUNT,
     SpillChunks,
     SpillLayout,
     VocabIndex,
@@ -50,6 +52,7 @@ from recstack.data.vocab import (
     encode_hash,
     encode_vocab,
     id_dtype,
+    is_int_in,
     write_spill_chunk,
 )
 from recstack.errors import DataError
@@ -62,6 +65,16 @@ noise, while such values make up most of the distinct values of every large Crit
 threshold shrinks tables several-fold and gives rare values one well-trained shared row. Published
 Criteo pipelines use thresholds from 1 to 10 (AutoInt, FuxiCTR: 10); 4 still leaves small samples
 (12k rows) a useful vocabulary, where 10 would fold most of their values into OOV."""
+
+MAX_OUTPUT_ROWS = 2**31 - 1
+"""The most rows a converter that multiplies its input (sampled negatives, rounds) may be asked for. The
+MovieLens and behaviour converters build each round's rows in memory (ids, labels, the sampled
+negatives: tens of bytes a row, more with histories), so 2**31 rows are already near 100 GB; the largest
+public inputs stay well below (ml-25m at 4 negatives x 10 rounds: 1.2e9 rows). Asking for more (1e9
+negatives per positive) is a typo, refused before any allocation rather than ending in an out-of-memory kill."""
+
+WORKERS_PER_CPU = 4
+"""Parse workers allowed per CPU: more only add processes, each with two chunks in flight (16 MB+)."""
 
 EXAMPLES_PER_REASON = 5
 SPILL_DIR = ".prepare-tmp"
@@ -284,9 +297,14 @@ def maybe_progress(show: bool, description: str, total: float, unit: str):
 def tail_split(num_rows: int, split_tail: float) -> tuple[int, dict[str, list[int]]]:
     """(num_train, splits): `train` = the first rows, `test` = the last round(split_tail * N) rows."""
     _check_fraction(split_tail)
-    num_train = num_rows - int(round(split_tail * num_rows))
+    num_test = int(round(split_tail * num_rows))
+    num_train = num_rows - num_test
     if num_train <= 0:
-        raise DataError(f"split_tail {split_tail} leaves no training rows out of {num_rows}")
+        raise DataError(f"--split-tail {split_tail} leaves no training rows out of {num_rows}; "
+                        f"use at most {1 - 1 / num_rows:.6g}")
+    if split_tail > 0 and num_test == 0:
+        raise DataError(f"--split-tail {split_tail} of {num_rows} rows gives no test rows; "
+                        f"use at least {1 / num_rows:.6g}, or 0 for no test split")
     splits = {"train": [0, num_train]}
     if split_tail > 0:
         splits["test"] = [num_train, num_rows]
@@ -295,7 +313,15 @@ def tail_split(num_rows: int, split_tail: float) -> tuple[int, dict[str, list[in
 
 def _check_fraction(split_tail: float) -> None:
     if not 0.0 <= split_tail < 1.0:
-        raise DataError(f"split_tail must be in [0, 1), got {split_tail}")
+        raise DataError(f"--split-tail must be in [0, 1), got {split_tail}")
+
+
+def check_output_rows(rows: int, product: str, lower: str) -> None:
+    """A DataError when a converter would write more than MAX_OUTPUT_ROWS rows. `product` spells how
+    the count arises (e.g. "8,934 targets x (1 + --negatives 1000000000)"), `lower` what to lower."""
+    if rows > MAX_OUTPUT_ROWS:
+        raise DataError(f"{product} = {rows:,} rows, over the limit of {MAX_OUTPUT_ROWS:,} rows a converter "
+                        f"writes (they are built in memory); lower {lower}")
 
 
 def check_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Path]:
@@ -374,7 +400,9 @@ def build_dataset(
                            "rejects_by_reason": dict(log.by_reason),
                            "reject_examples": {k: list(v) for k, v in log.examples.items()},
                            "notes": list(log.notes), "files": [str(f) for f in files]}
-                raise DataError(f"no usable rows in {', '.join(map(str, files))} ({log.summary()})", report=counted)
+                read = log.summary() if log.rows_rejected else "the input holds no rows"
+                why = "; ".join([read, *log.notes])  # a gzip broken before its first line says so
+                raise DataError(f"no usable rows in {', '.join(map(str, files))} ({why})", report=counted)
             num_train, splits = tail_split(sink.num_rows, split_tail)
             writer = sink.finish(num_train, pool, show_progress)
         timing = (time.perf_counter() - started, streamed - started)
@@ -429,6 +457,10 @@ def _data_report(
 
 # --------------------------------------------------------------------------------------------
 # Parallel work, in order
+
+
+def max_workers() -> int:
+    return WORKERS_PER_CPU * (os.cpu_count() or 1)
 
 
 def _start_method() -> str:
@@ -486,12 +518,17 @@ def prepare_criteo(
     first reject into a DataError.
     """
     paths = check_inputs(inputs)
-    if hash_buckets is not None and hash_buckets <= FIRST_VOCAB_ID:
-        raise DataError(f"hash_buckets must be > {FIRST_VOCAB_ID}, got {hash_buckets}")
-    if vocab_min_count < 1:
-        raise DataError(f"vocab_min_count must be >= 1, got {vocab_min_count}")
+    low, high = HASH_BUCKETS_RANGE
+    if hash_buckets is not None and not is_int_in(hash_buckets, low, high):
+        raise DataError(f"--hash-buckets must be an integer in [{low}, {high}] (rows of one hashed table), "
+                        f"got {hash_buckets}")
+    if not is_int_in(vocab_min_count, 1, MAX_COUNT):
+        raise DataError(f"--vocab-min-count must be an integer >= 1, got {vocab_min_count}")
     if chunk_bytes < 1:
         raise DataError(f"chunk_bytes must be positive, got {chunk_bytes}")
+    if not 1 <= workers <= max_workers():
+        raise DataError(f"--workers must be in [1, {max_workers()}] ({WORKERS_PER_CPU} per CPU of this machine: "
+                        f"parsing is CPU-bound, and each worker holds chunks in memory), got {workers}")
     log = RejectLog(REJECT_REASONS, strict)
 
     def stream(sink: RowSink, pool) -> tuple[int, int]:

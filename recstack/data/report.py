@@ -54,15 +54,18 @@ def synth_command(
 ) -> dict[str, Any]:
     import time
 
+    from recstack.argtypes import SEED_MAX
     from recstack.data.synth import generate
     from recstack.errors import DataError
 
     if rows <= 0:
-        raise DataError("--rows must be positive")
-    if not 0.0 <= test_fraction < 1.0:
-        raise DataError("--test-fraction must be in [0, 1)")
+        raise DataError(f"--rows must be positive, got {rows}")
+    if not 0.0 <= test_fraction < 1.0:  # NaN fails too; generate refuses a fraction that empties a split
+        raise DataError(f"--test-fraction must be in [0, 1), got {test_fraction}")
     if not math.isfinite(scale) or scale <= 0:
-        raise DataError("--scale must be a positive finite number")
+        raise DataError(f"--scale must be a positive finite number, got {scale}")
+    if not 0 <= seed <= SEED_MAX:
+        raise DataError(f"--seed must be in [0, {SEED_MAX}], got {seed}")
     start = time.perf_counter()
     schema = generate(preset, rows, out, seed=seed, scale=scale, test_fraction=test_fraction, show_progress=not quiet)
     seconds = time.perf_counter() - start

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -788,10 +789,9 @@ def generate(
     count, at most 4) make chunks in parallel; the calling thread writes them in order.
     """
     spec = get_preset(preset)
-    if rows < 0 or not 0 <= test_fraction <= 1:
-        raise DataError("rows must be >= 0 and test_fraction in [0, 1]")
+    test_start = first_test_row(rows, test_fraction)
+    check_disk_space(Path(out), rows, spec)
     model = synth_model(spec, seed, scale)
-    test_start = rows - int(round(rows * test_fraction))
     chunk = max(BLOCK_ROWS, -(-chunk_rows // BLOCK_ROWS) * BLOCK_ROWS)
     bounds = [(a, min(a + chunk, rows)) for a in range(0, rows, chunk)]
     workers = workers or min(4, os.cpu_count() or 1)
@@ -812,6 +812,40 @@ def generate(
         splits={"train": [0, test_start], "test": [test_start, rows]},
         info=_info(model, spec, rows, metrics),
     )
+
+
+def first_test_row(rows: int, test_fraction: float) -> int:
+    """The first row of the `test` split (the last round(rows * test_fraction) rows). A DataError when
+    the fraction is not in [0, 1) or a split would come out empty: no train rows, or no test rows from a
+    fraction > 0 (0 asks for no test split, as `bench train` does)."""
+    if not 0.0 <= test_fraction < 1.0:  # NaN fails too
+        raise DataError(f"the test fraction must be in [0, 1), got {test_fraction}")
+    if rows < 1:
+        raise DataError(f"the number of rows must be >= 1, got {rows}")
+    test_start = rows - int(round(rows * test_fraction))
+    if test_start == 0:
+        raise DataError(f"a test fraction of {test_fraction} leaves no train rows out of {rows}; "
+                        f"use at most {1 - 1 / rows:.6g} or generate more rows")
+    if test_fraction > 0 and test_start == rows:
+        raise DataError(f"a test fraction of {test_fraction} of {rows} rows gives no test rows; "
+                        f"use at least {1 / rows:.6g}, or 0 for no test split")
+    return test_start
+
+
+def row_bytes(preset: SynthPreset) -> float:
+    """Average bytes of one row on disk: float32 dense values and labels, int32 ids, and an int64 offset
+    per row of each variable-length feature."""
+    ids = sum(4 * t.pooling.mean_length + (8 if t.pooling.length is None else 0) for t in preset.tables)
+    return 4 * (preset.num_dense + preset.num_tasks) + ids
+
+
+def check_disk_space(out: Path, rows: int, preset: SynthPreset) -> None:
+    """Refuse, before any work, a run that cannot fit the free space (rather than failing hours later)."""
+    parent = next(p for p in (out, *out.parents) if p.exists())
+    need, free = rows * row_bytes(preset), shutil.disk_usage(parent).free
+    if need > free:
+        raise DataError(f"{rows:,} rows of preset {preset.name} take about {need / 1e9:,.1f} GB, but {parent} has "
+                        f"{free / 1e9:,.1f} GB free; generate fewer rows or write elsewhere")
 
 
 class _Silent:

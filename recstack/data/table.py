@@ -22,7 +22,6 @@ records (a quoted CSV field may span lines) and always equals rows_kept + rows_r
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
 import io
 import re
@@ -34,9 +33,10 @@ from typing import Any
 import numpy as np
 import yaml
 
+from recstack.data.criteo import GzipEnded, gzip_note, input_blocks
 from recstack.data.prepare import RejectLog, RowSink, build_dataset, check_inputs, maybe_progress, reject_info
-from recstack.data.vocab import VocabIndex, encode_hash, encode_vocab
-from recstack.errors import DataError
+from recstack.data.vocab import HASH_BUCKETS_RANGE, MAX_COUNT, VocabIndex, encode_hash, encode_vocab, is_int_in
+from recstack.errors import ConfigError, DataError
 
 TABLE_REJECT_REASONS: tuple[str, ...] = (
     "wrong_field_count",
@@ -44,20 +44,24 @@ TABLE_REJECT_REASONS: tuple[str, ...] = (
     "non_numeric_dense",
     "missing_column",
     "malformed_row",
+    "truncated_gzip",
 )
 """wrong_field_count: a CSV row with another number of fields than the header (or first row);
 bad_label: empty or not a finite number; non_numeric_dense: not a finite number; missing_column: a
 record (encode_table_rows) lacks a column the schema names; malformed_row: the CSV reader could not
-read the record (bad quoting, a field over the csv module's size limit)."""
+read the record (bad quoting, a field over the csv module's size limit); truncated_gzip: the partial
+last line of a gzip stream that broke (the lines before it are kept, and a note says where)."""
 _CODE = {name: code for code, name in enumerate(TABLE_REJECT_REASONS)}
 
 FORMATS = ("csv", "tsv", "parquet")
+TRANSFORMS = ("log1p", "none")
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 _SPEC_KEYS = {
     "format", "header", "delimiter", "label", "labels", "dense", "categorical",
     "dense_transform", "vocab_min_count", "hash_buckets",
 }  # fmt: skip
 BATCH_ROWS = 1 << 16
+READ_BYTES = 1 << 20
 
 Column = str | int
 
@@ -105,40 +109,81 @@ def _column_name(column: Column) -> str:
 
 
 def load_table_spec(schema: str | Path | Mapping[str, Any], input_path: str | Path | None = None) -> TableSpec:
-    """Read and check a table schema (a YAML file or an already-loaded mapping)."""
-    where = "table schema"
+    """Read and check a table schema (a YAML file or an already-loaded mapping); a ConfigError names the
+    first key that does not fit and what it accepts."""
+    where = _schema_name(schema)
     if not isinstance(schema, Mapping):
-        where = str(schema)
-        try:
-            schema = yaml.safe_load(Path(schema).read_text()) or {}
-        except FileNotFoundError:
-            raise DataError(f"table schema {where} does not exist") from None
-        except (OSError, yaml.YAMLError) as exc:
-            raise DataError(f"cannot read table schema {where}: {exc}") from None
+        schema = _read_schema_file(Path(schema))
     if not isinstance(schema, Mapping):
-        raise DataError(f"{where}: expected a mapping of keys (format, label, dense, categorical, ...)")
-    unknown = sorted(set(schema) - _SPEC_KEYS)
+        raise ConfigError(f"{where}: expected a mapping of keys (format, label, dense, categorical, ...), "
+                          f"got a {type(schema).__name__}")
+    unknown = sorted(set(map(str, schema)) - _SPEC_KEYS)
     if unknown:
-        raise DataError(
-            f"{where}: unknown key(s) {', '.join(map(str, unknown))} (known: {', '.join(sorted(_SPEC_KEYS))})"
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(_SPEC_KEYS))})"
         )
     if "label" in schema and "labels" in schema:
-        raise DataError(f"{where}: give either `label` or `labels`, not both")
-    header = bool(schema.get("header", True))
-    labels = schema.get("labels", schema.get("label", []))
+        raise ConfigError(f"{where}: give either `label` or `labels`, not both")
+    key = _KeyReader(schema, where)
+    header = key.get("header", True, lambda v: isinstance(v, bool), "true or false")
+    fmt = key.get("format", None, lambda v: v is None or _lower(v) in FORMATS, f"one of {', '.join(FORMATS)}")
     spec = TableSpec(
-        format=str(schema.get("format") or _format_from_path(input_path, where)).lower(),
+        format=_lower(fmt) or _format_from_path(input_path, where),
         header=header,
-        delimiter=schema.get("delimiter"),
-        labels=_column_list(labels, header, where, "label"),
+        delimiter=key.get("delimiter", None, _is_delimiter, "one character other than a quote or a line break"),
+        labels=_column_list(schema.get("labels", schema.get("label", [])), header, where,
+                            "labels" if "labels" in schema else "label"),
         dense=_column_list(schema.get("dense", []), header, where, "dense"),
         categorical=_column_list(schema.get("categorical", []), header, where, "categorical"),
-        dense_transform=str(schema.get("dense_transform", "log1p")).lower(),
-        vocab_min_count=int(schema.get("vocab_min_count", 1)),
-        hash_buckets=None if schema.get("hash_buckets") is None else int(schema["hash_buckets"]),
+        dense_transform=_lower(key.get("dense_transform", "log1p", lambda v: _lower(v) in TRANSFORMS, "log1p or none")),
+        vocab_min_count=key.get("vocab_min_count", 1, lambda v: is_int_in(v, 1, MAX_COUNT), "an integer >= 1"),
+        hash_buckets=key.get("hash_buckets", None, lambda v: v is None or is_int_in(v, *HASH_BUCKETS_RANGE),
+                             "an integer in [{}, {}] (rows of one hashed table)".format(*HASH_BUCKETS_RANGE)),
     )
     _check_spec(spec, where)
     return spec
+
+
+def _schema_name(schema: str | Path | Mapping[str, Any]) -> str:
+    return "table schema" if isinstance(schema, Mapping) else str(schema)
+
+
+def _read_schema_file(path: Path) -> Any:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"table schema {path} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"table schema {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                          f"{exc.start}); it should be a YAML file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read table schema {path}: {exc.strerror or exc}") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"table schema {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+
+
+@dataclass
+class _KeyReader:
+    """Typed values of a schema mapping: a value that fails its check is a ConfigError naming the key."""
+
+    schema: Mapping[str, Any]
+    where: str
+
+    def get(self, key: str, default: Any, ok, accepts: str) -> Any:
+        value = self.schema.get(key, default)
+        if not ok(value):
+            raise ConfigError(f"{self.where}: `{key}` must be {accepts}, got {value!r}")
+        return value
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _is_delimiter(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and len(value) == 1 and value not in '"\r\n')
 
 
 def _format_from_path(path: str | Path | None, where: str) -> str:
@@ -146,7 +191,7 @@ def _format_from_path(path: str | Path | None, where: str) -> str:
         suffixes = [s.lower() for s in Path(path).suffixes if s.lower() != ".gz"]
         if suffixes and suffixes[-1] in _EXTENSIONS:
             return _EXTENSIONS[suffixes[-1]]
-    raise DataError(f"{where}: set `format` (one of {', '.join(FORMATS)}); it cannot be told from the file name")
+    raise ConfigError(f"{where}: set `format` (one of {', '.join(FORMATS)}); it cannot be told from the file name")
 
 
 def _column_list(value: Any, header: bool, where: str, key: str) -> list[Column]:
@@ -155,29 +200,26 @@ def _column_list(value: Any, header: bool, where: str, key: str) -> list[Column]
     for item in items:
         if header and isinstance(item, str):
             out.append(item)
-        elif not header and isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+        elif not header and is_int_in(item, 0, MAX_COUNT):
             out.append(item)
         else:
             expected = "column names" if header else "0-based column indices (the table has no header)"
-            raise DataError(f"{where}: `{key}` must list {expected}, got {item!r}")
+            raise ConfigError(f"{where}: `{key}` must list {expected}, got {item!r}")
+    repeated = sorted({str(c) for c in out if out.count(c) > 1})
+    if repeated:
+        raise ConfigError(f"{where}: `{key}` names {', '.join(repeated)} more than once; name each column once")
     return out
 
 
 def _check_spec(spec: TableSpec, where: str) -> None:
-    if spec.format not in FORMATS:
-        raise DataError(f"{where}: format {spec.format!r} is not one of {', '.join(FORMATS)}")
-    if spec.dense_transform not in ("log1p", "none"):
-        raise DataError(f"{where}: dense_transform must be log1p or none, got {spec.dense_transform!r}")
-    if spec.vocab_min_count < 1:
-        raise DataError(f"{where}: vocab_min_count must be >= 1")
-    if spec.hash_buckets is not None and spec.hash_buckets <= 2:
-        raise DataError(f"{where}: hash_buckets must be > 2")
     if not spec.dense and not spec.categorical:
-        raise DataError(f"{where}: name at least one `dense` or `categorical` column")
-    if spec.delimiter is not None and len(spec.delimiter) != 1:
-        raise DataError(f"{where}: delimiter must be one character, got {spec.delimiter!r}")
+        raise ConfigError(f"{where}: name at least one `dense` or `categorical` column")
+    leaked = [c for c in spec.labels if c in spec.dense or c in spec.categorical]
+    if leaked:
+        raise ConfigError(f"{where}: label column(s) {', '.join(map(str, leaked))} also listed as features; "
+                          "a model given its label as input learns nothing useful")
     if spec.format == "parquet" and not spec.header:
-        raise DataError(f"{where}: a Parquet file always has column names; remove `header: false`")
+        raise ConfigError(f"{where}: a Parquet file always has column names; remove `header: false`")
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,6 +294,8 @@ class ParsedTable:
     """int8 codes into TABLE_REJECT_REASONS."""
     file: str = ""
     input_bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+    """File-level notes, e.g. a gzip stream that broke (the rows before it are kept)."""
 
 
 def parse_columns(
@@ -315,6 +359,7 @@ class _Batch:
     lines: list[int]
     rejects: list[tuple[int, str]]
     input_bytes: int
+    notes: list[str] = field(default_factory=list)
 
 
 def _resolve(spec: TableSpec, names: list[str] | None, width: int, path: Path) -> dict[Column, int]:
@@ -327,19 +372,64 @@ def _resolve(spec: TableSpec, names: list[str] | None, width: int, path: Path) -
             where[column] = column
         elif names is None or column not in names:
             shown = ", ".join(names[:20]) if names else "none"
-            raise DataError(f"{path}: has no column {column!r} (columns: {shown})")
+            hint = "the header reads as one field: check `format` or `delimiter`" if width == 1 else None
+            raise DataError(f"{path}: has no column {column!r} (columns: {shown})", hint=hint)
         else:
             where[column] = names.index(column)
     return where
 
 
-def _open_text(path: Path):
-    raw = open(path, "rb")
-    if raw.read(2) == b"\x1f\x8b":
-        raw.seek(0)
-        return raw, io.TextIOWrapper(gzip.GzipFile(fileobj=raw), encoding="utf-8", errors="surrogateescape", newline="")
-    raw.seek(0)
-    return raw, io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+class _CompleteLines(io.RawIOBase):
+    """The bytes of a plain or gzip file (read by criteo's `input_blocks`) as a stream that ends cleanly
+    when a gzip stream breaks: the bytes after the last newline before the damage are dropped (the
+    partial line; `dropped` counts them) and `broken` says what went wrong, so the CSV reader sees the
+    complete lines before the damage and then the end of the file."""
+
+    def __init__(self, path: Path):
+        self.consumed = [0]  # input bytes read (compressed for gzip), for progress
+        self.fh, self._blocks = input_blocks(path, READ_BYTES, self.consumed)
+        self._ready = memoryview(b"")  # complete lines not delivered yet
+        self._tail: list[bytes] = []  # bytes after the last newline seen: held back until it arrives
+        self.broken: str | None = None
+        self.dropped = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._ready and self._blocks is not None:
+            self._next_block()
+        n = min(len(buffer), len(self._ready))
+        buffer[:n] = self._ready[:n]
+        self._ready = self._ready[n:]
+        return n
+
+    def _next_block(self) -> None:
+        assert self._blocks is not None
+        try:
+            block = next(self._blocks)
+        except StopIteration:  # the end of the file: its last line needs no newline
+            self._ready, self._tail, self._blocks = memoryview(b"".join(self._tail)), [], None
+            return
+        except GzipEnded as exc:
+            self.broken, self.dropped = str(exc), sum(map(len, self._tail))
+            self._tail, self._blocks = [], None
+            return
+        cut = block.rfind(b"\n") + 1
+        if cut == 0:
+            self._tail.append(block)
+            return
+        self._ready = memoryview(b"".join([*self._tail, block[:cut]]))
+        self._tail = [block[cut:]]
+
+    def close(self) -> None:
+        self.fh.close()
+        super().close()
+
+
+def _open_text(path: Path) -> tuple[_CompleteLines, io.TextIOWrapper]:
+    raw = _CompleteLines(path)
+    return raw, io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8", errors="surrogateescape", newline="")
 
 
 def _csv_batches(path: Path, spec: TableSpec, batch_rows: int) -> Iterator[_Batch]:
@@ -350,8 +440,12 @@ def _csv_batches(path: Path, spec: TableSpec, batch_rows: int) -> Iterator[_Batc
         quoting = csv.QUOTE_NONE if spec.format == "tsv" else csv.QUOTE_MINIMAL
         reader = csv.reader(text, delimiter=delimiter, quoting=quoting, strict=True)
         first = _next_row(reader)
+        if first is None and raw.broken:
+            raise DataError(gzip_note(str(path), 0, raw.broken))
         if first is None or isinstance(first, csv.Error):
             raise DataError(f"{path}: cannot read a first row ({first or 'the file is empty'})")
+        if spec.header and not _is_utf8(first):
+            raise DataError(f"{path}: its header line is not UTF-8 text; is it a {spec.format.upper()} file?")
         names = [first[0].lstrip("\ufeff"), *first[1:]] if spec.header else None
         where = _resolve(spec, names, len(first), path)
         width = len(first)
@@ -371,10 +465,24 @@ def _csv_batches(path: Path, spec: TableSpec, batch_rows: int) -> Iterator[_Batc
                 pending.append(row)
                 lines.append(reader.line_num)
             if len(pending) + len(rejects) >= batch_rows:
-                yield _make_batch(pending, lines, rejects, where, raw.tell() - position)
-                position = raw.tell()
+                yield _make_batch(pending, lines, rejects, where, raw.consumed[0] - position)
+                position = raw.consumed[0]
                 pending, lines, rejects = [], [], []
-        yield _make_batch(pending, lines, rejects, where, raw.tell() - position)
+        notes = []
+        if raw.broken:
+            notes.append(gzip_note(str(path), reader.line_num, raw.broken))
+            if raw.dropped:
+                rejects.append((reader.line_num + 1, "truncated_gzip"))
+        yield _make_batch(pending, lines, rejects, where, raw.consumed[0] - position, notes)
+
+
+def _is_utf8(fields: list[str]) -> bool:
+    """Whether text read with errors="surrogateescape" came from valid UTF-8 (no escaped bytes)."""
+    try:
+        "".join(fields).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _next_row(reader) -> list[str] | csv.Error | None:
@@ -386,9 +494,10 @@ def _next_row(reader) -> list[str] | csv.Error | None:
         return exc
 
 
-def _make_batch(rows: list[list[str]], lines: list[int], rejects, where: dict[Column, int], input_bytes: int) -> _Batch:
+def _make_batch(rows: list[list[str]], lines: list[int], rejects, where: dict[Column, int], input_bytes: int,
+                notes: list[str] | None = None) -> _Batch:
     columns = {column: [row[i] for row in rows] for column, i in where.items()}
-    return _Batch(columns, lines, rejects, input_bytes)
+    return _Batch(columns, lines, rejects, input_bytes, notes or [])
 
 
 def _parquet_batches(path: Path, spec: TableSpec, batch_rows: int) -> Iterator[_Batch]:
@@ -435,6 +544,7 @@ def iter_table_chunks(
         parsed.reject_lines, parsed.reject_reasons = reject_lines[order], reject_codes[order]
         parsed.file = str(path)
         parsed.input_bytes = batch.input_bytes
+        parsed.notes = batch.notes
         yield parsed
 
 
@@ -520,7 +630,7 @@ def prepare_table(
     path = paths[0]
     spec = load_table_spec(schema_yaml, path)
     if not spec.labels:
-        raise DataError("the table schema names no `label` (or `labels`) column; prepare needs one")
+        raise ConfigError(f"{_schema_name(schema_yaml)}: names no `label` (or `labels`) column; prepare needs one")
     log = RejectLog(TABLE_REJECT_REASONS, strict)
 
     def stream(sink: RowSink, pool) -> tuple[int, int]:
@@ -528,6 +638,8 @@ def prepare_table(
         with maybe_progress(show_progress, "prepare", input_bytes / 1e6, "MB") as bar:
             for chunk in iter_table_chunks(path, spec):
                 log.add(chunk.file, chunk.reject_lines, chunk.reject_reasons)
+                for note in chunk.notes:
+                    log.note(note)
                 assert chunk.labels is not None
                 sink.append(chunk.dense, chunk.labels, chunk.cat, chunk.missing)
                 bar.update(chunk.input_bytes / 1e6)

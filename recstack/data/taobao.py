@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from recstack import argtypes
 from recstack.data.amazon import (
     DEFAULT_USER_MIN_COUNT,
     LINE_REJECT_REASONS,
@@ -33,6 +34,7 @@ from recstack.data.amazon import (
     data_report,
     log_rejects,
     parse_file,
+    require_rows,
     run_converter,
     word_code,
     write_behaviour_dataset,
@@ -61,7 +63,7 @@ def click_samples(
     position = np.arange(order.size) - user_start
     last = np.r_[first[1:], True]  # the last click of its user
     targets = np.flatnonzero(position >= 1)
-    lengths = np.minimum(position[targets], max_history)
+    lengths = np.minimum(position[targets], min(max_history, order.size))  # any cap beyond the clicks is none
     return targets, targets - lengths, lengths, last[targets], order
 
 
@@ -85,22 +87,26 @@ def prepare_taobao(
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Convert a UserBehavior CSV into a behaviour dataset at `out`; returns the data report."""
-    from recstack.data.prepare import RejectLog, check_inputs
+    from recstack.data.prepare import RejectLog, check_inputs, check_output_rows
     from recstack.data.store import FIRST_VOCAB_ID, gather_ranges
     from recstack.progress import say
 
     started = time.perf_counter()
-    if max_history < 1 or negatives < 1 or user_min_count < 1:
-        raise DataError("max_history, negatives and user_min_count must be >= 1")
+    for name, value in (("max_history", max_history), ("negatives", negatives), ("user_min_count", user_min_count)):
+        if value < 1:
+            raise DataError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if seed < 0:
+        raise DataError(f"--seed must be >= 0, got {seed}")
     (path,) = check_inputs(input_path)
     parsed = parse_file(path, "D,D,D,W,D")
     codes = {name: i for i, name in enumerate(TAOBAO_REJECT_REASONS)}
-    behavior = parsed.fields[:, _BEHAVIOR] if parsed.fields.size else np.zeros(0, np.int64)
+    behavior = parsed.fields[:, _BEHAVIOR]
     known = np.isin(behavior, [word_code(b) for b in BEHAVIORS])
     log = RejectLog(TAOBAO_REJECT_REASONS, strict)
     log_rejects(log, path, parsed, np.where(known, -1, codes["unknown_behavior"]))
     rows = parsed.fields[known]
     lines_by_file = {path.name: parsed.num_lines}
+    require_rows(path, rows.shape[0], parsed.num_lines, log, lines_by_file)
     clicks = rows[rows[:, _BEHAVIOR] == word_code(CLICK)]
     if clicks.shape[0] == 0:
         raise DataError(f"no clicks ({CLICK} rows) in {path} ({log.summary()})", report=accounting(log, lines_by_file))
@@ -111,6 +117,13 @@ def prepare_taobao(
     conflicting = _items_with_several_categories(item_rank, clicks[:, _CATE])
 
     targets, starts, lengths, is_test, order = click_samples(clicks[:, _USER], clicks[:, _TIME], max_history=max_history)
+    if is_test.all():
+        most = int(np.unique(clicks[:, _USER], return_counts=True)[1].max())
+        raise DataError(f"no training samples in {path}: a user's clicks after the first are targets and the last "
+                        f"goes to test, so some user needs at least 3 clicks (the most here: {most})",
+                        report=accounting(log, lines_by_file))
+    check_output_rows(targets.size * (1 + negatives), f"{targets.size:,} click targets x (1 + --negatives {negatives})",
+                      "--negatives")
     sorted_items = FIRST_VOCAB_ID + item_rank[order]
     sorted_users, sorted_times = clicks[order, _USER], clicks[order, _TIME]
     rng = np.random.default_rng(seed)
@@ -172,13 +185,13 @@ def _items_with_several_categories(item_rank: np.ndarray, cates: np.ndarray) -> 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, metavar="FILE", help="UserBehavior CSV: user,item,category,behavior,time")
     parser.add_argument("--out", required=True, metavar="DIR")
-    parser.add_argument("--max-history", type=int, default=DEFAULT_MAX_HISTORY, metavar="N",
+    parser.add_argument("--max-history", type=argtypes.positive_int, default=DEFAULT_MAX_HISTORY, metavar="N",
                         help=f"keep each target's last N earlier clicks (default {DEFAULT_MAX_HISTORY})")
-    parser.add_argument("--negatives", type=int, default=DEFAULT_NEGATIVES, metavar="K",
+    parser.add_argument("--negatives", type=argtypes.positive_int, default=DEFAULT_NEGATIVES, metavar="K",
                         help=f"sampled negative items per positive (default {DEFAULT_NEGATIVES})")
-    parser.add_argument("--user-min-count", type=int, default=DEFAULT_USER_MIN_COUNT, metavar="N",
+    parser.add_argument("--user-min-count", type=argtypes.positive_int, default=DEFAULT_USER_MIN_COUNT, metavar="N",
                         help=f"users with fewer train rows share the OOV id (default {DEFAULT_USER_MIN_COUNT})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the negative sampling")
+    parser.add_argument("--seed", type=argtypes.seed, default=0, help="seed of the negative sampling")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad line")
     parser.add_argument("--report", metavar="FILE", help="write the JSON report here")
     parser.add_argument("--quiet", action="store_true", help="no progress or tables")

@@ -25,9 +25,24 @@ import numpy as np
 
 from recstack.data.store import FIRST_VOCAB_ID, MISSING_ID, OOV_ID
 
+MAX_HASH_BUCKETS = 2**31 - 1
+"""The most hash buckets a reader accepts. A hashed table is allocated whole at training time: 2**31 - 1
+rows (the most int32 ids address, as the synthetic generator's MAX_TABLE_ROWS) of 16-dim float32 rows
+are already 128 GiB, beyond one machine's memory; a larger value is a typo, not a plan."""
+HASH_BUCKETS_RANGE = (FIRST_VOCAB_ID + 1, MAX_HASH_BUCKETS)
+"""hash_buckets accepted by every reader: ids FIRST_VOCAB_ID.. need at least one bucket beyond them."""
+MAX_COUNT = 2**63 - 1
+"""The largest count (vocab_min_count) an int64 counter can compare with."""
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MUL1 = np.uint64(0xBF58476D1CE4E5B9)
 _MUL2 = np.uint64(0x94D049BB133111EB)
+
+
+def is_int_in(value: object, low: int, high: int) -> bool:
+    """An int (not a bool, not a float however integral) in [low, high]: the check for counts and sizes
+    read from YAML or JSON, where 3.7 or `true` must not pass as a number."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
