@@ -253,7 +253,10 @@ def test_cli_names_the_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_rows_that_cannot_fit_the_disk_are_refused_before_any_work(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"10,000,000,000,000 rows of preset tiny take about 720,000.0 GB, but .* free"):
+    from recstack.memory import CapacityError
+
+    with pytest.raises(CapacityError, match=r"writing 10,000,000,000,000 rows of preset tiny needs 655TiB of disk, but .* "
+                                            r"free at .*\(generate fewer rows"):
         synth.generate("tiny", 10**13, tmp_path / "out", show_progress=False)
     assert not (tmp_path / "out").exists()
     synth.generate("tiny", 1000, tmp_path / "out", show_progress=False, workers=1)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,6 +40,7 @@ import numpy as np
 from recstack.data.batch import Batch
 from recstack.data.store import DatasetWriter, Schema, SparseFeature
 from recstack.errors import DataError
+from recstack.memory import require_disk
 from recstack.progress import progress_bar
 
 GENERATOR = "recstack.data.synth"
@@ -790,7 +790,8 @@ def generate(
     """
     spec = get_preset(preset)
     test_start = first_test_row(rows, test_fraction)
-    check_disk_space(Path(out), rows, spec)
+    require_disk(out, rows * row_bytes(spec), f"writing {rows:,} rows of preset {spec.name}",
+                 hint="generate fewer rows or write elsewhere")
     model = synth_model(spec, seed, scale)
     chunk = max(BLOCK_ROWS, -(-chunk_rows // BLOCK_ROWS) * BLOCK_ROWS)
     bounds = [(a, min(a + chunk, rows)) for a in range(0, rows, chunk)]
@@ -837,15 +838,6 @@ def row_bytes(preset: SynthPreset) -> float:
     per row of each variable-length feature."""
     ids = sum(4 * t.pooling.mean_length + (8 if t.pooling.length is None else 0) for t in preset.tables)
     return 4 * (preset.num_dense + preset.num_tasks) + ids
-
-
-def check_disk_space(out: Path, rows: int, preset: SynthPreset) -> None:
-    """Refuse, before any work, a run that cannot fit the free space (rather than failing hours later)."""
-    parent = next(p for p in (out, *out.parents) if p.exists())
-    need, free = rows * row_bytes(preset), shutil.disk_usage(parent).free
-    if need > free:
-        raise DataError(f"{rows:,} rows of preset {preset.name} take about {need / 1e9:,.1f} GB, but {parent} has "
-                        f"{free / 1e9:,.1f} GB free; generate fewer rows or write elsewhere")
 
 
 class _Silent:
