@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Callable
+from collections.abc import Callable
 
 SEED_MAX = 2**32 - 1  # the range every generator used here accepts (numpy's legacy seeding is the narrowest)
 

@@ -8,7 +8,7 @@ import sys
 from contextlib import contextmanager
 from typing import Any
 
-from recstack.argtypes import positive_int
+from recstack.argtypes import nonnegative_int, positive_int, seed
 from recstack.errors import ConfigError, RecstackError
 
 
@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", metavar="DIR", help="a prepared dataset (recstack data prepare / synth)")
     train.add_argument("--checkpoint-dir", metavar="DIR", help="write checkpoints here")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --checkpoint-dir")
-    train.add_argument("--seed", type=int, help="the one seed for data order, initialization and synthetic data")
+    train.add_argument("--seed", type=seed, help="the one seed for data order, initialization and synthetic data")
     train.add_argument("--baseline", action="append", metavar="SPEC",
                        help="also train and report a baseline: KEY=VALUE overrides (e.g. model.sequence_pooling=sum) "
                        "or popularity[:FEATURE]; repeatable")
@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--preset", default="criteo-kaggle")
     synth.add_argument("--rows", type=positive_int, required=True)
     synth.add_argument("--out", required=True, metavar="DIR")
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--seed", type=seed, default=0)
     synth.add_argument("--scale", type=float, default=1.0, help="multiply every table's rows")
     synth.add_argument("--test-fraction", type=float, default=0.1)
     _add_common(synth)
@@ -270,10 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     hotcold.add_argument("--data", required=True, metavar="DIR", help="a prepared dataset (hotcold/ is written into it)")
     hotcold.add_argument("--budget", required=True, metavar="BYTES", help="memory for hot rows, e.g. 256MiB, 1GB, 4096")
     hotcold.add_argument("--sample", default="0.05", metavar="F", help="fraction of inputs profiled (0.05 or 5%%)")
-    hotcold.add_argument("--dim", type=int, default=16, help="embedding dimension (fp32)")
-    hotcold.add_argument("--state-bytes-per-row", type=int, default=4, metavar="B", help="optimizer state per row")
+    hotcold.add_argument("--dim", type=positive_int, default=16, help="embedding dimension (fp32)")
+    hotcold.add_argument("--state-bytes-per-row", type=nonnegative_int, default=4, metavar="B", help="optimizer state per row")
     hotcold.add_argument("--split", default="train")
-    hotcold.add_argument("--seed", type=int, default=0)
+    hotcold.add_argument("--seed", type=seed, default=0)
     _add_common(hotcold)
     hotcold.set_defaults(func=cmd_hotcold)
 
@@ -284,10 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     skew.add_argument("--budgets", default="1MiB,16MiB,256MiB", metavar="LIST", help="hot-row memory budgets, comma-separated")
     skew.add_argument("--hot-inputs", type=_fractions, default=(), metavar="LIST",
                       help="also the budgets that make these fractions of the inputs all-hot, e.g. 0.5,0.9 (two more passes)")
-    skew.add_argument("--dim", type=int, default=16, help="embedding dimension (fp32)")
-    skew.add_argument("--state-bytes-per-row", type=int, default=4, metavar="B", help="optimizer state per row")
+    skew.add_argument("--dim", type=positive_int, default=16, help="embedding dimension (fp32)")
+    skew.add_argument("--state-bytes-per-row", type=nonnegative_int, default=4, metavar="B", help="optimizer state per row")
     skew.add_argument("--split", default="train")
-    skew.add_argument("--seed", type=int, default=0)
+    skew.add_argument("--seed", type=seed, default=0)
     skew.add_argument("--plot", metavar="FILE.png", help="the curves' PNG (default: beside --report)")
     _add_common(skew)
     skew.set_defaults(func=cmd_analyze_skew)
@@ -307,6 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:  # anywhere, building the parser (its imports) included
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if not hasattr(args, "func"):
@@ -328,9 +336,6 @@ def main(argv: list[str] | None = None) -> int:
         where = f" {exc.filename}" if exc.filename else ""
         print(f"error: {exc.strerror or exc}:{where}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -13,12 +13,21 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from recstack.argtypes import SEED_MAX
 from recstack.errors import ConfigError
+
+INT_MAX = 2**63 - 1
+"""Integer keys must fit in int64: torch and numpy take them (a larger one overflows deep inside)."""
+THREADS_MAX = 1024
+"""Most torch intra-op threads (train.threads): far more than any machine's cores; a value like 100000
+makes torch start threads until the process dies. A fixed cap, not one from this machine's core count,
+so that a config recorded on a big machine still loads on a small one."""
 
 
 @dataclass
@@ -191,17 +200,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return False
         raise ConfigError(f"config key {key}: expected true or false, got {value!r}")
     if annotation is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"config key {key}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        try:
-            as_float = float(str(value).replace("_", ""))
-        except ValueError:
-            raise ConfigError(f"config key {key}: expected an integer, got {value!r}") from None
-        if not as_float.is_integer():
-            raise ConfigError(f"config key {key}: expected an integer, got {value!r}")
-        return int(as_float)
+        return _exact_int(value, key)
     if annotation is float:
         try:
             return float(value)
@@ -212,6 +211,22 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"config key {key}: expected a string, got {value!r}")
         return str(value)
     return value
+
+
+def _exact_int(value: Any, key: str) -> int:
+    """An integer as written: '4096', '4_096', '1e6' (exactly, through Decimal: a float would turn
+    99999999999999999999 into 100000000000000000000)."""
+    if isinstance(value, (bool, dict, list)):
+        raise ConfigError(f"config key {key}: expected an integer, got {value!r}")
+    try:
+        number = value if isinstance(value, int) else Decimal(str(value).strip().replace("_", ""))
+    except InvalidOperation:
+        raise ConfigError(f"config key {key}: expected an integer, got {value!r}") from None
+    if isinstance(number, Decimal) and (not number.is_finite() or number != number.to_integral_value()):
+        raise ConfigError(f"config key {key}: expected an integer, got {value!r}")
+    if abs(number) > INT_MAX:
+        raise ConfigError(f"config key {key}: {value!r} is too large (the limit is {INT_MAX:,}, int64)")
+    return int(number)
 
 
 def _section_types(obj: Any) -> dict[str, Any]:
@@ -243,24 +258,50 @@ def apply_mapping(config: Config, mapping: dict[str, Any], prefix: str = "") -> 
         dotted = f"{prefix}{key}"
         if isinstance(value, dict):
             apply_mapping(config, value, prefix=f"{dotted}.")
+        elif _is_section(config, dotted):
+            if value is not None:  # `train:` with every key commented out is an empty section
+                raise _not_a_mapping(dotted, value)
         else:
             set_key(config, dotted, value)
 
 
+def _not_a_mapping(section: str, value: Any) -> ConfigError:
+    return ConfigError(f"config section {section!r} must be a mapping of its keys ({section}: then indented "
+                       f"key: value lines), got {value!r}")
+
+
+def _is_section(config: Config, dotted: str) -> bool:
+    target: Any = config
+    for part in dotted.replace("-", "_").split("."):
+        if not dataclasses.is_dataclass(target) or part not in _section_types(target):
+            return False
+        target = getattr(target, part)
+    return dataclasses.is_dataclass(target)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; give a YAML file (see configs/)")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                          f"{exc.start}); a config is a YAML file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    except ValueError as exc:  # a value YAML parses but Python cannot hold (an integer of 5,000 digits)
+        raise ConfigError(f"config file {path} holds a value that cannot be read: {exc}") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections")
+        sections = ", ".join(f"{f.name}:" for f in dataclasses.fields(Config))
+        raise ConfigError(f"config file {path} must hold a mapping of sections ({sections}), "
+                          f"not a {type(loaded).__name__}")
     return loaded
 
 
@@ -271,13 +312,23 @@ def resolve(config_file: str | Path | None = None, overrides: dict[str, Any] | N
     file_mapping = load_yaml(config_file) if config_file else {}
     overrides = dict(overrides or {})
     config = Config()
-    preset = overrides.get("model.preset") or (file_mapping.get("model") or {}).get("preset") or config.model.preset
-    apply_preset(config, str(preset))
+    apply_preset(config, _preset_name(file_mapping, overrides, config.model.preset))
     apply_mapping(config, file_mapping)
     for key, value in overrides.items():
         set_key(config, key, value)
     validate(config)
     return config
+
+
+def _preset_name(file_mapping: dict[str, Any], overrides: dict[str, Any], default: str) -> str:
+    """model.preset from the overrides, else the file, else the default (a preset's keys come first)."""
+    file_model = file_mapping.get("model")
+    if file_model is not None and not isinstance(file_model, dict):
+        raise _not_a_mapping("model", file_model)
+    for preset in (overrides.get("model.preset"), (file_model or {}).get("preset")):
+        if preset is not None:
+            return _coerce(preset, str, "model.preset")
+    return default
 
 
 def validate(config: Config) -> None:
@@ -313,6 +364,8 @@ def validate(config: Config) -> None:
                  "early_stopping_patience", "checkpoint_every", "keep_checkpoints", "threads", "log_every"):
         if getattr(t, name) < 0:
             raise ConfigError(f"train.{name} must be >= 0, not {getattr(t, name)}")
+    if t.threads > THREADS_MAX:
+        raise ConfigError(f"train.threads must be in [0, {THREADS_MAX}] (0: all cores), not {t.threads}")
     if d.prefetch < 0 or d.synth_rows <= 0 or not 0.0 <= d.synth_test_fraction < 1.0:
         raise ConfigError("data.prefetch must be >= 0, data.synth_rows > 0 and data.synth_test_fraction in [0, 1)")
     if config.fae.budget:
@@ -326,8 +379,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"fae: {exc}") from None
         if config.fae.switch_period < 0 or config.fae.hot_device not in ("cpu", "cuda", "auto"):
             raise ConfigError("fae.switch_period must be >= 0 and fae.hot_device cpu, cuda or auto")
-    if config.seed < 0:
-        raise ConfigError(f"seed must be >= 0, not {config.seed}")
+    if not 0 <= config.seed <= SEED_MAX:
+        raise ConfigError(f"seed must be in [0, {SEED_MAX}], not {config.seed}")
     if t.device not in ("cpu", "cuda", "auto"):
         raise ConfigError(f"train.device must be cpu, cuda or auto, not {t.device!r}")
     if not 0.0 <= m.dropout < 1.0:

@@ -194,3 +194,75 @@ def test_prepare_that_keeps_nothing_still_reports_what_it_counted(tmp_path):
     assert counted["rows_read"] == 8 == counted["rows_kept"] + counted["rows_rejected"]
     assert counted["rejects_by_reason"]["binary_garbage"] == 5
     assert counted["rejects_by_reason"]["wrong_field_count"] == 3
+
+
+def test_a_config_file_that_is_not_text_is_one_line(tmp_path):
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    listed = tmp_path / "model_list.yaml"
+    listed.write_text("model: [1, 2]\n")
+    for path, message in ((binary, "is not UTF-8 text"), (listed, "config section 'model' must be a mapping")):
+        proc = run("train", "--config", str(path), "--quiet", check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        err = proc.stderr.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and message in err[0], proc.stderr
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "99999999999999999999"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train"],
+        ["data", "synth", "--preset", "tiny", "--rows", "10", "--out", "unused"],
+        ["data", "hotcold", "--data", "unused", "--budget", "1KiB"],
+        ["analyze", "skew", "--data", "unused"],
+        ["bench", "train", "--preset", "tiny"],
+    ],
+)
+def test_seeds_outside_the_generators_range_are_refused(command, seed, capsys):
+    from recstack.cli import main
+
+    try:
+        code = main([*command, f"--seed={seed}", "--quiet"])
+    except SystemExit as exc:  # refused by argparse (its usage line comes first)
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and ("4294967295" in err or "too large" in err), err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["data", "hotcold", "--data", "unused", "--budget", "1KiB", "--dim", "0"], "--dim: expected a positive integer"),
+        (["analyze", "skew", "--data", "unused", "--state-bytes-per-row", "-1"],
+         "--state-bytes-per-row: expected an integer >= 0"),
+    ],
+)
+def test_sizes_are_refused_by_argparse(argv, message, capsys):
+    from recstack.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_ctrl_c_while_building_the_parser_is_not_a_traceback(monkeypatch, capsys):
+    from recstack import cli
+
+    def interrupted():  # the plugged modules' imports run here, before any command
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["models"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_train_refuses_a_report_path_it_cannot_write_before_training(tmp_path, monkeypatch, capsys):
+    from recstack.cli import main
+    from recstack.train import run as train_run
+
+    monkeypatch.setattr(train_run, "open_dataset", lambda *a: pytest.fail("trained despite an unwritable --report"))
+    assert main(["train", "--model.preset", "tiny", "--report", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --report {tmp_path} is a directory; name a file (e.g. {tmp_path / 'report.json'})"

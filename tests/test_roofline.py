@@ -163,3 +163,42 @@ def test_main_writes_report(tmp_path, monkeypatch, capsys):
     assert doc["command"] == "bench.roofline"
     assert doc["ceilings"]["row_bytes"] == 32 and doc["ceilings"]["mlp_widths"] == [[8, 16, 1]]
     assert "gather" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--threads", "100000"], "--threads: expected a thread count in [1, 1024]"),  # was a segfault
+        (["--seconds", "nan"], "--seconds: expected seconds in (0, 600]"),  # was a hang
+        (["--seconds", "0"], "--seconds: expected seconds in (0, 600]"),
+        (["--row-bytes", "6"], "--row-bytes: expected a multiple of 4"),
+        (["--row-bytes", "99999999999"], "--row-bytes: expected row bytes in [4, 16384]"),
+        (["--pooling", "0"], "--pooling: expected rows per lookup in [1, 65536]"),
+        (["--mlp-widths", "0,4"], "--mlp-widths: expected comma-separated layer widths >= 1"),
+        (["--mlp-batch", "99999999999"], "--mlp-batch: expected a batch in [1, 1048576]"),
+    ],
+)
+def test_main_refuses_bad_options_before_measuring(argv, message, monkeypatch, capsys):
+    monkeypatch.setattr(roofline, "measure_ceilings", lambda *a, **k: pytest.fail("measured despite a bad option"))
+    with pytest.raises(SystemExit) as exit_:
+        roofline.main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+# `python -m recstack.bench.sched_bound`, the other bench command line (its own tests: test_sched_bound.py)
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--cores", "99999999"], "--cores: expected a core count in [1, 1024]"),  # was a hang
+        (["--target-factor", "nan"], "--target-factor: expected a finite number > 0"),  # was a made-up 'unbounded'
+        (["--overhead", "inf"], "--overhead: expected a number in [0, 1e+06]"),  # was a traceback
+        (["--queries", "100000000000"], "--queries: expected a query count in [100, 10,000,000]"),
+        (["--seed", "-1"], "--seed: expected a seed in [0, 4294967295]"),
+    ],
+)
+def test_sched_bound_refuses_bad_options_in_one_line(argv, message, capsys):
+    from recstack.bench import sched_bound
+
+    assert sched_bound.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and message in err

@@ -277,6 +277,32 @@ def test_bad_input_is_one_line(tiny, tmp_path, capsys):
     assert len(lines) == 3 and all(line.startswith("error: ") for line in lines)
 
 
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("curves.txt", "cannot write a .txt picture; end the name in .png, .svg, .pdf"),
+        ("folder", "is a directory; name a file"),
+    ],
+)
+def test_a_plot_path_matplotlib_cannot_write_is_refused_before_the_analysis(tiny, tmp_path, capsys, monkeypatch,
+                                                                             name, message):
+    (tmp_path / "folder").mkdir()
+    monkeypatch.setattr(skew, "analyze_skew", lambda *a, **k: pytest.fail("analyzed despite a bad --plot"))
+    assert main(["analyze", "skew", "--data", str(tiny.path), "--plot", str(tmp_path / name), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --plot") and "\n" not in err and message in err
+
+
+def test_a_plot_path_without_extension_gets_png_and_the_report_says_so(tiny, tmp_path):
+    pytest.importorskip("matplotlib")
+    report = tmp_path / "skew.json"
+    assert main(["analyze", "skew", "--data", str(tiny.path), "--budgets", "1KiB", "--plot", str(tmp_path / "curves"),
+                 "--report", str(report), "--quiet"]) == 0  # fmt: skip
+    written = tmp_path / "curves.png"
+    assert json.loads(report.read_text())["plot"] == str(written) and written.read_bytes()[:4] == b"\x89PNG"
+    assert plots.plot_path(tmp_path / "c.SVG") == tmp_path / "c.SVG"
+
+
 def half_hot_capacity(ds: Dataset, exact: hc.AccessCounts, split: str = "train") -> tuple[int, float]:
     """The smallest capacity K whose exact top-K makes at least half of the inputs hot (bisection)."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -22,10 +23,14 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from recstack.argtypes import int_in
 from recstack.models.base import FAMILIES, family_modules
 
 STEP = "family::step"
 ORDER = ["data", *FAMILIES, "optimizer", "other"]
+MAX_STEPS = 10_000
+"""Most profiled (and warm-up) steps: the profiler keeps every event in memory, and the synthetic data
+is sized for the steps; a profile needs tens."""
 
 
 class _Ranges:
@@ -184,24 +189,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="PRESET", help="model preset to profile (recstack models)")
     parser.add_argument("--config", metavar="FILE", help="a YAML config (its model preset is replaced by --model)")
     parser.add_argument("--data", metavar="DIR", help="a prepared dataset (default: the preset's synthetic data)")
-    parser.add_argument("--steps", type=int, default=20, help="profiled steps (default 20)")
-    parser.add_argument("--warmup", type=int, default=5, help="steps run before profiling (default 5)")
+    parser.add_argument("--steps", type=int_in(1, MAX_STEPS, what=f"a step count in [1, {MAX_STEPS}]"), default=20,
+                        help="profiled steps (default 20)")
+    parser.add_argument("--warmup", type=int_in(0, MAX_STEPS, what=f"a step count in [0, {MAX_STEPS}]"), default=5,
+                        help="steps run before profiling (default 5)")
     parser.add_argument("--report", metavar="FILE", help="write the JSON report here (the PNG goes beside it)")
     parser.add_argument("--plot", metavar="FILE.png", help="the bar chart's PNG (default: beside --report)")
-    parser.add_argument("--quiet", action="store_true", help="no table")
+    parser.add_argument("--quiet", action="store_true", help="no table, no profiler log lines")
+
+
+def quiet_profiler_log() -> None:
+    """Silence kineto's own log lines (`USDT: ... profiler_start`, `STAGE: ...`), which it writes to stderr
+    from C++: it reads KINETO_LOG_LEVEL when the first profile starts, and 6 is above its highest level.
+    A level the user set is kept."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
+    from recstack.analyze.plots import plot_path
     from recstack.config import parse_overrides, resolve
     from recstack.errors import ConfigError
     from recstack.models.zoo import build_model
     from recstack.progress import console, is_quiet, say
-    from recstack.report import new_report, write_report
+    from recstack.report import check_output_path, new_report, write_report
     from recstack.train.run import open_dataset
     from recstack.train.trainer import Trainer
 
-    if args.steps < 1 or args.warmup < 0:
-        raise ConfigError("--steps must be >= 1 and --warmup >= 0")
+    if not 1 <= args.steps <= MAX_STEPS or not 0 <= args.warmup <= MAX_STEPS:
+        raise ConfigError(f"--steps must be in [1, {MAX_STEPS}] and --warmup in [0, {MAX_STEPS}]")
+    check_output_path(args.report)
+    plot = args.plot or (str(Path(args.report).with_suffix(".png")) if args.report else None)
+    if plot:
+        plot = plot_path(plot)
     overrides = {"model.preset": args.model, **parse_overrides(extra)}
     if args.data:
         overrides["data.path"] = args.data
@@ -219,10 +238,11 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if len(trainer.loader) < args.steps + args.warmup:
         raise ConfigError(f"the training split holds {len(trainer.loader)} batches; --steps + --warmup need "
                           f"{args.steps + args.warmup}")
+    if is_quiet():
+        quiet_profiler_log()
     say(f"profiling {args.steps} steps of {config.model.preset} ({config.model.name}), batch {config.train.batch_size}")
     result = profile_training(trainer, args.steps, args.warmup)
     result["model"] = {"preset": config.model.preset, "name": config.model.name, "device": str(trainer.device)}
-    plot = args.plot or (str(Path(args.report).with_suffix(".png")) if args.report else None)
     if plot:
         written, reason = plot_profile(result, f"{config.model.preset}: training step by operator family", plot)
         result["plot"] = str(written) if written else None

@@ -33,7 +33,6 @@ from recstack.data.hotcold import (
     AccessCounts,
     capacity_rows,
     count_accesses,
-    format_bytes,
     hot_input_fractions,
     hot_levels,
     parse_bytes,
@@ -45,6 +44,7 @@ from recstack.data.hotcold import (
 )
 from recstack.data.store import Dataset
 from recstack.errors import DataError
+from recstack.memory import format_bytes
 
 DEFAULT_BUDGETS = ("1MiB", "16MiB", "256MiB")
 SHARE_POINTS = {"top_0_1pct_share": 0.001, "top_1pct_share": 0.01, "top_10pct_share": 0.1}
@@ -348,11 +348,17 @@ def skew_command(
 ) -> dict[str, Any]:
     """`recstack analyze skew`: analyze, plot (beside the report unless --plot says where), write the
     report, print the tables."""
+    from recstack.analyze.plots import plot_path as checked_plot_path
     from recstack.analyze.plots import plot_skew
-    from recstack.report import new_report, write_report
+    from recstack.report import check_output_path, new_report, write_report
 
     if dim < 1:
         raise DataError("--dim must be >= 1")
+    check_output_path(report_path)
+    if plot_path is None and report_path:
+        plot_path = Path(report_path).with_suffix(".png")
+    if plot_path is not None:
+        plot_path = checked_plot_path(plot_path)  # before the passes over the data
     config = {
         "data": str(data), "sample": sample, "budgets": budgets if isinstance(budgets, str) else list(budgets),
         "hot_inputs": list(hot_inputs), "dim": dim, "state_bytes_per_row": state_bytes_per_row, "split": split,
@@ -366,8 +372,6 @@ def skew_command(
     )  # fmt: skip
     report = new_report("analyze skew", config)
     report.update(body)
-    if plot_path is None and report_path:
-        plot_path = Path(report_path).with_suffix(".png")
     report["plot"] = None
     if plot_path is not None:
         written, problem = plot_skew(body, plot_path)

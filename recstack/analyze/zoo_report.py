@@ -114,13 +114,14 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     from recstack.errors import ConfigError
     from recstack.models.zoo import PRESETS, ZOO
     from recstack.progress import is_quiet
-    from recstack.report import new_report, write_report
+    from recstack.report import check_output_path, new_report, write_report
 
     if extra:
         raise ConfigError(f"unexpected arguments: {' '.join(extra)}")
     unknown = [n for n in args.names if n not in PRESETS]
     if unknown:
-        raise ConfigError(f"unknown model preset(s) {', '.join(unknown)}; presets: {', '.join(sorted(PRESETS))}")
+        raise ConfigError(f"unknown model preset(s) {', '.join(map(repr, unknown))}; presets: {', '.join(sorted(PRESETS))}")
+    check_output_path(args.report)
     report = models_report(args.names or ZOO)
     if args.report:
         full = new_report("models", {"presets": args.names or ZOO})

@@ -47,6 +47,7 @@ import argparse
 import math
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -55,7 +56,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from recstack.config import parse_int_list
+from recstack.argtypes import float_in, int_in
+from recstack.config import THREADS_MAX, parse_int_list
 from recstack.errors import ConfigError
 
 __all__ = [
@@ -72,6 +74,14 @@ __all__ = [
 GIB = 1 << 30
 MIB = 1 << 20
 DEFAULT_TABLE_BYTES = GIB  # 32x the 32 MiB L3 of the reference machine
+BATCH_ROWS = 65536
+"""Rows gathered or updated per call of the gather and scatter measurements."""
+MAX_ROW_BYTES = DEFAULT_TABLE_BYTES // BATCH_ROWS
+"""The widest row the command line measures (dim 4096): the table holds at least a batch of rows, so wider
+rows grow it beyond DEFAULT_TABLE_BYTES."""
+MAX_SECONDS = 600.0
+MAX_MLP_BATCH = 1 << 20
+"""The largest MLP batch the command line measures: activations and gradients of every layer are held for it."""
 SCATTER_OPS = ("index_add", "gather_add_copy", "index_copy")
 
 
@@ -297,7 +307,7 @@ def _scatter_rate(table: torch.Tensor, batch_rows: int, op: str, seconds: float,
 def gather_bandwidth_gbs(
     row_bytes: int,
     table_rows: int | None = None,
-    batch_rows: int = 65536,
+    batch_rows: int = BATCH_ROWS,
     *,
     pooling: int = 1,
     sorted_indices: bool = False,
@@ -319,7 +329,7 @@ def gather_bandwidth_gbs(
 def scatter_update_bandwidth_gbs(
     row_bytes: int,
     table_rows: int | None = None,
-    batch_rows: int = 65536,
+    batch_rows: int = BATCH_ROWS,
     *,
     op: str = "index_add",
     sorted_indices: bool = True,
@@ -363,7 +373,7 @@ def measure_ceilings(
     matmul_size: int = 2048,
     stream_mib: int = 512,
     table_bytes: int = DEFAULT_TABLE_BYTES,
-    batch_rows: int = 65536,
+    batch_rows: int = BATCH_ROWS,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Measure every ceiling once (about 5-8 s at the defaults on an idle 2-core machine) and return them in one dict.
@@ -489,12 +499,19 @@ def _widths(text: str) -> list[int]:
     try:
         widths = parse_int_list(text, "widths")
     except ConfigError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated layer widths like 13,512,256,64, got {text!r}"
-        ) from None
+        widths = []
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer widths >= 1 like 13,512,256,64, got {text!r}")
     if len(widths) < 2:
         raise argparse.ArgumentTypeError("an MLP needs at least two widths (input and output)")
     return widths
+
+
+def _row_bytes(text: str) -> int:
+    row_bytes = int_in(4, MAX_ROW_BYTES, what=f"row bytes in [4, {MAX_ROW_BYTES}]")(text)
+    if row_bytes % 4:
+        raise argparse.ArgumentTypeError(f"expected a multiple of 4 (float32 rows), got {row_bytes}")
+    return row_bytes
 
 
 def _table_rows(ceilings: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -547,12 +564,34 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from recstack import progress, report
 
     parser = argparse.ArgumentParser(prog="python -m recstack.bench.roofline", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--row-bytes", type=int, default=256, help="embedding row size in bytes (dim * 4 for fp32)")
-    parser.add_argument("--pooling", type=int, default=1, help="rows per pooled lookup (1: plain index_select)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--seconds", type=float, default=0.6, help="timing per measurement")
+    parser.add_argument(
+        "--row-bytes",
+        type=_row_bytes,
+        default=256,
+        help=f"embedding row size in bytes (dim * 4 for fp32; at most {MAX_ROW_BYTES})",
+    )
+    parser.add_argument(
+        "--pooling",
+        type=int_in(1, BATCH_ROWS, what=f"rows per lookup in [1, {BATCH_ROWS}]"),
+        default=1,
+        help="rows per pooled lookup (1: plain index_select)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int_in(1, THREADS_MAX, what=f"a thread count in [1, {THREADS_MAX}]"),
+        default=None,
+        help="torch threads (default: torch's)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float_in(0.0, MAX_SECONDS, low_open=True, what=f"seconds in (0, {MAX_SECONDS:g}]"),
+        default=0.6,
+        help="timing per measurement",
+    )
     parser.add_argument("--mlp-widths", type=_widths, action="append", help="e.g. 13,512,256,64 (repeat for more MLPs)")
-    parser.add_argument("--mlp-batch", type=int, default=2048)
+    parser.add_argument(
+        "--mlp-batch", type=int_in(1, MAX_MLP_BATCH, what=f"a batch in [1, {MAX_MLP_BATCH}]"), default=2048
+    )
     parser.add_argument("--report", "--json", dest="report", default=None, help="write the ceilings as a JSON report")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -589,4 +628,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

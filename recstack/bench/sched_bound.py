@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from recstack.argtypes import float_in, int_in, nonnegative_float, positive_float, positive_int, seed
 from recstack.config import parse_int_list
 from recstack.errors import ConfigError, RecstackError
 from recstack.serve.batching import split_bounds
@@ -48,6 +49,12 @@ from recstack.serve.loadgen import SizeDistribution
 from recstack.serve.sched import SchedKnobs
 
 DEFAULT_MAX_BATCH = EngineConfig.max_batch
+MAX_CORES = 1024
+"""Most simulated cores and workers: each event scans every worker, so a typo like 99999999 never ends."""
+MAX_QUERIES = 10_000_000
+"""Most simulated queries (a few arrays of this length per rate tried; the default is 20,000)."""
+MAX_OVERHEAD = 1e6
+"""Most per-batch overhead, in row-times: beyond it the rates searched underflow to zero."""
 
 
 @dataclass(frozen=True)
@@ -249,33 +256,38 @@ def bound(machine: Machine, distribution: SizeDistribution, knobs: BoundKnobs,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recstack.bench.sched_bound", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=0, help="CPU workers (default: one per core)")
+    # a refused option value is one `error:` line and exit status 2, like the module's other errors
+    parser = argparse.ArgumentParser(prog="python -m recstack.bench.sched_bound", description=__doc__.split("\n\n")[0],
+                                     exit_on_error=False)
+    parser.add_argument("--cores", type=int_in(1, MAX_CORES, what=f"a core count in [1, {MAX_CORES}]"), default=2)
+    parser.add_argument("--workers", type=int_in(0, MAX_CORES, what=f"a worker count in [0, {MAX_CORES}]"), default=0,
+                        help="CPU workers (default: one per core)")
     parser.add_argument("--sizes", default="mlperf", help="query sizes, as recstack loadgen --sizes")
     parser.add_argument("--max-size", type=int, default=1024)
-    parser.add_argument("--target-factor", type=float, default=1.5,
+    parser.add_argument("--target-factor", type=positive_float, default=1.5,
                         help="the target: this x the static p95 at 10%% load (default 1.5)")
-    parser.add_argument("--target-rows", type=float,
+    parser.add_argument("--target-rows", type=positive_float,
                         help="or a fixed target, in row-times (the time one core takes for one row)")
-    parser.add_argument("--accelerator-speed", type=float, default=0.0,
+    parser.add_argument("--accelerator-speed", type=nonnegative_float, default=0.0,
                         help="0: offload to a CPU stand-in pool on the same cores; > 0: to a device of its own, "
                              "each worker this many times as fast as one core")
-    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+    parser.add_argument("--max-batch", type=positive_int, default=DEFAULT_MAX_BATCH,
                         help="rows a worker merges whole queries into (the engine's --max-batch; 1: no merging)")
-    parser.add_argument("--overhead", type=float, default=0.0, help="per-batch cost, in units of one row's cost")
+    parser.add_argument("--overhead", type=float_in(0.0, MAX_OVERHEAD, what=f"a number in [0, {MAX_OVERHEAD:g}]"), default=0.0,
+                        help="per-batch cost, in units of one row's cost")
     grid = BoundKnobs()
     parser.add_argument("--batch-sizes", default=",".join(map(str, grid.batch_sizes)), help="b candidates (0: whole)")
     parser.add_argument("--thresholds", default=",".join(map(str, grid.thresholds)), help="q_thr candidates (0: none)")
-    parser.add_argument("--queries", type=int, default=20_000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--queries", type=int_in(100, MAX_QUERIES, what=f"a query count in [100, {MAX_QUERIES:,}]"),
+                        default=20_000)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--report", help="write the JSON here")
-    args = parser.parse_args(argv)
     try:
-        if (args.cores < 1 or args.workers < 0 or args.queries < 100 or args.overhead < 0 or args.target_factor <= 0
-                or args.accelerator_speed < 0 or args.max_batch < 1 or (args.target_rows is not None and args.target_rows <= 0)):
-            raise ConfigError("need --cores >= 1, --workers >= 0, --queries >= 100, --target-factor > 0, "
-                              "--target-rows > 0, --overhead >= 0, --accelerator-speed >= 0, --max-batch >= 1")
+        args = parser.parse_args(argv)
+    except argparse.ArgumentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         machine = Machine(args.cores, args.workers or args.cores, accelerator_speed=args.accelerator_speed,
                           overhead_s=args.overhead, max_batch=args.max_batch)
         knobs = BoundKnobs(parse_int_list(args.batch_sizes, "--batch-sizes"), parse_int_list(args.thresholds, "--thresholds"),
@@ -302,4 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -24,7 +24,7 @@ from recstack.data.store import Dataset
 from recstack.errors import ConfigError
 from recstack.models.zoo import build_model, describe
 from recstack.progress import console, is_quiet, say
-from recstack.report import new_report, write_report
+from recstack.report import check_output_path, new_report, write_report
 from recstack.train.run import synthetic_dataset
 from recstack.train.trainer import Trainer
 
@@ -77,6 +77,7 @@ def bench_train(
     report_path: str | Path | None = None,
     config_file: str | None = None,
 ) -> dict[str, Any]:
+    check_output_path(report_path)
     config = resolve(config_file, overrides)
     config.data.synth_rows = rows
     config.data.synth_test_fraction = 0.0
@@ -87,7 +88,9 @@ def bench_train(
     model = build_model(config, dataset.schema)
     trainer = Trainer(config, dataset, model)
     sizes = describe(model)
-    batch_size = config.train.batch_size
+    split_rows = trainer.train_rows[1] - trainer.train_rows[0]
+    # a batch larger than the split is the whole split: rates and the ceiling's GEMM shapes use what is run
+    batch_size = min(config.train.batch_size, split_rows)
     say(f"bench train: {config.model.preset}, batch {batch_size}, {sizes['embedding_rows']:,} embedding rows, "
         f"{ROUNDS} rounds x {steps // ROUNDS} steps per variant")
 
@@ -96,7 +99,7 @@ def bench_train(
     # machine noise hits both alike; the figures use the median step time over all rounds.
     resident = list(islice(trainer.loader.epoch(0), 16))
     if not resident:
-        raise ConfigError(f"bench train: {trainer.train_rows:,} training rows make no batch of {batch_size:,}",
+        raise ConfigError(f"bench train: {split_rows:,} training rows make no batch of {config.train.batch_size:,}",
                           "use more --rows or a smaller --train.batch_size")
     _step_times(trainer, cycle(resident), WARMUP_STEPS)
     # each (a) round discards the steps served from the queue filled during (b): keep some after them
@@ -113,7 +116,7 @@ def bench_train(
             loading = trainer.loader.epoch(epoch)
             more = _step_times(trainer, loading, per_round - len(got))
             if not more:
-                raise ConfigError(f"bench train: {trainer.train_rows:,} training rows make no batch of {batch_size:,}")
+                raise ConfigError(f"bench train: {split_rows:,} training rows make no batch of {config.train.batch_size:,}")
             got += more
         # the loader's queue filled up during the (b) round: count only steps after it drained
         loaded_times += got[config.data.prefetch + 1 :]

@@ -15,7 +15,7 @@ from recstack.data.store import SCHEMA_FILE, Dataset
 from recstack.errors import ConfigError
 from recstack.models.zoo import build_model, describe
 from recstack.progress import console, is_quiet, say
-from recstack.report import new_report, write_report
+from recstack.report import check_output_path, new_report, write_report
 from recstack.train.trainer import Trainer
 
 
@@ -108,6 +108,7 @@ def train(
     """`baselines`: specs of recstack.train.baselines, trained and scored after the main model."""
     from recstack.train.baselines import parse_baselines, print_baselines, run_baselines
 
+    check_output_path(report_path)  # before the training whose figures it would hold
     torch.manual_seed(config.seed)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
