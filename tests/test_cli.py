@@ -111,6 +111,22 @@ def test_predict_on_a_damaged_gzip_scores_what_it_can_read_and_says_where_it_sto
     assert "warning:" in proc.stderr and "gzip stream ends early" in proc.stderr  # said even with --quiet
 
 
+def test_predict_and_evaluate_on_a_gzip_broken_before_its_first_line_fail(criteo_checkpoint, tmp_path):
+    """Nothing could be read: an empty score file with exit 0 would pass for a result."""
+    import gzip
+
+    _, _, ckpt = criteo_checkpoint
+    raw = tmp_path / "in.tsv.gz"
+    raw.write_bytes(gzip.compress(shared_data("criteo", "test_unlabeled_sample.tsv").read_bytes())[:30])
+    out = tmp_path / "scores.txt"
+    proc = run("predict", "--checkpoint", str(ckpt), "--input", str(raw), "--output", str(out), "--quiet", check=False)
+    assert proc.returncode == 2 and "no line could be read (the input holds no line: see the warning above)" in proc.stderr
+    assert proc.stderr.count("gzip stream ends early") == 1
+    assert "Traceback" not in proc.stderr and not out.exists()
+    proc = run("evaluate", "--checkpoint", str(ckpt), "--input", str(raw), "--quiet", check=False)
+    assert proc.returncode == 2 and "(the input holds no line: see the warning above)" in proc.stderr and "all rejected" not in proc.stderr
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

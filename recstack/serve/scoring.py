@@ -123,6 +123,11 @@ def _reject_summary(chunks_rejects: dict[str, int], examples: dict[str, list[dic
             examples[name].append({"file": chunk.file, "line": line, "reason": name})
 
 
+def _nothing_read(rows_read: int, notes: list[str]) -> str:
+    what = f"{rows_read:,} rows, all rejected" if rows_read else "the input holds no line"
+    return f"{what}: see the warning above" if notes else what  # the warning has already said why
+
+
 def evaluate_command(
     checkpoint_path: str | Path,
     data: str | None,
@@ -153,8 +158,7 @@ def evaluate_command(
             for batch in batches:
                 accumulator.update(batch.labels.numpy(), scorer.predict(batch).numpy())
         if accumulator.count == 0:
-            why = f"; {notes[0]}" if notes else ""
-            raise DataError(f"{raw_input}: no labelled row could be read ({rows_read} rows, all rejected){why}")
+            raise DataError(f"{raw_input}: no labelled row could be read ({_nothing_read(rows_read, notes)})")
         metrics = accumulator.compute()
         report.update({"input": raw_input, "rows_read": rows_read, "rows_kept": rows_read - sum(rejects.values()),
                        "rows_rejected": sum(rejects.values()), "rejects_by_reason": rejects, "reject_examples": examples,
@@ -207,6 +211,8 @@ def predict_command(
                 out.write("\n".join("nan" if np.isnan(v) else f"{v:.6f}" for v in scores) + "\n")
                 written += chunk.num_lines
                 next_line = first + chunk.num_lines
+        if rows_read == 0 and notes:  # damage before the first line: an empty output would pass for a result
+            raise DataError(f"{raw_input}: no line could be read ({_nothing_read(rows_read, notes)})")
         tmp.replace(out_path)
     finally:
         tmp.unlink(missing_ok=True)
