@@ -375,34 +375,43 @@ def test_requests_over_the_in_flight_limit_get_503_before_the_engine_sees_them(t
     assert metrics[("recstack_http_requests_total", (("endpoint", "/v1/rank", ), ("status", "503")))] == 1
 
 
-def start_server(tmp_path, *options: str) -> tuple[subprocess.Popen, str, list[str]]:
+@contextmanager
+def served(tmp_path, *options: str):
     """`recstack serve --preset tiny --port 0 OPTIONS` in a subprocess (stderr into stdout), once it
-    has printed its URL: (the process, the URL, the lines printed so far)."""
+    has printed its URL: (the process, the URL, the lines printed so far); killed on the way out if
+    it is still running."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "recstack.cli", "serve", "--preset", "tiny", "--port", "0", *options],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
         env={**os.environ, "RECSTACK_CACHE": str(tmp_path / "cache")},
     )
-    url = None
-    deadline = time.perf_counter() + 120
-    lines = []
-    while url is None and time.perf_counter() < deadline:
-        line = proc.stdout.readline()
-        lines.append(line)
-        if line.startswith("listening on "):
-            url = line.split()[2]
-        elif not line and proc.poll() is not None:
-            break
-    if url is None:
-        proc.kill()
-    assert url, "".join(lines)
-    return proc, url, lines
+    try:
+        url = None
+        deadline = time.perf_counter() + 120
+        lines = []
+        while url is None and time.perf_counter() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if line.startswith("listening on "):
+                url = line.split()[2]
+            elif not line and proc.poll() is not None:
+                break
+        assert url, "".join(lines)
+        yield proc, url, lines
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def exit_of(proc: subprocess.Popen, lines: list[str]) -> tuple[int, str]:
+    """The server's exit code and everything it printed."""
+    code = proc.wait(60)
+    return code, "".join(lines) + proc.stdout.read()
 
 
 def test_sigterm_drains_the_request_in_flight(tmp_path):
     # a lone request waits 2 s in the batching queue: SIGTERM arrives while it is in flight
-    proc, url, lines = start_server(tmp_path, "--workers", "1", "--max-wait-ms", "2000")
-    try:
+    with served(tmp_path, "--workers", "1", "--max-wait-ms", "2000") as (proc, url, lines):
         box: dict = {}
         request = threading.Thread(target=lambda: box.update(
             response=httpx.post(f"{url}/v1/rank/synthetic", json={"size": 3}, timeout=60)))
@@ -413,11 +422,7 @@ def test_sigterm_drains_the_request_in_flight(tmp_path):
             time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
         request.join(60)
-        code = proc.wait(60)
-        output = "".join(lines) + proc.stdout.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        code, output = exit_of(proc, lines)
     response = box["response"]
     assert response.status_code == 200 and len(response.json()["scores"]) == 3
     assert time.perf_counter() - started > 1.9  # it was answered after its 2 s wait, not cut off
@@ -430,18 +435,13 @@ def test_sigint_at_once_or_twice_stops_cleanly(tmp_path, signals):
     """SIGINT right after the URL is printed (uvicorn has not taken over the handlers yet: the server
     used to ignore it and run on), and twice once it serves (uvicorn's force quit: the app's lifespan
     task used to be cancelled and logged as a CancelledError traceback). Both: exit 0, no traceback."""
-    proc, url, lines = start_server(tmp_path)
-    try:
+    with served(tmp_path) as (proc, url, lines):
         if signals == 2:
             assert httpx.get(f"{url}/health", timeout=30).status_code == 200
         for _ in range(signals):
             proc.send_signal(signal.SIGINT)
             time.sleep(0.05)
-        code = proc.wait(60)
-        output = "".join(lines) + proc.stdout.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        code, output = exit_of(proc, lines)
     assert code == 0 and "Traceback" not in output and "stopped by SIGINT" in output, output
 
 

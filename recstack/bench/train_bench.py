@@ -97,10 +97,11 @@ def bench_train(
     # (b) compute only: batches gathered before timing, cycled. (a) end to end: the prefetching
     # loader over shuffled rows of the memory-mapped dataset. Rounds alternate (a) and (b), so
     # machine noise hits both alike; the figures use the median step time over all rounds.
+    no_batch = ConfigError(f"bench train: {split_rows:,} training rows make no batch of {config.train.batch_size:,}",
+                           "use more --rows or a smaller --train.batch_size")
     resident = list(islice(trainer.loader.epoch(0), 16))
     if not resident:
-        raise ConfigError(f"bench train: {split_rows:,} training rows make no batch of {config.train.batch_size:,}",
-                          "use more --rows or a smaller --train.batch_size")
+        raise no_batch
     _step_times(trainer, cycle(resident), WARMUP_STEPS)
     # each (a) round discards the steps served from the queue filled during (b): keep some after them
     per_round = max(steps // ROUNDS, config.data.prefetch + 8)
@@ -115,8 +116,8 @@ def bench_train(
             epoch += 1
             loading = trainer.loader.epoch(epoch)
             more = _step_times(trainer, loading, per_round - len(got))
-            if not more:
-                raise ConfigError(f"bench train: {split_rows:,} training rows make no batch of {config.train.batch_size:,}")
+            if not more:  # every epoch has a batch when the first had one: a guard against looping forever
+                raise no_batch
             got += more
         # the loader's queue filled up during the (b) round: count only steps after it drained
         loaded_times += got[config.data.prefetch + 1 :]

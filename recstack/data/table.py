@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from recstack.config import read_yaml
 from recstack.data.criteo import GzipEnded, gzip_note, input_blocks
 from recstack.data.prepare import RejectLog, RowSink, build_dataset, check_inputs, maybe_progress, reject_info
 from recstack.data.vocab import HASH_BUCKETS_RANGE, MAX_COUNT, VocabIndex, encode_hash, encode_vocab, is_int_in
@@ -113,7 +113,7 @@ def load_table_spec(schema: str | Path | Mapping[str, Any], input_path: str | Pa
     first key that does not fit and what it accepts."""
     where = _schema_name(schema)
     if not isinstance(schema, Mapping):
-        schema = _read_schema_file(Path(schema))
+        schema = read_yaml(schema, "table schema") or {}
     if not isinstance(schema, Mapping):
         raise ConfigError(f"{where}: expected a mapping of keys (format, label, dense, categorical, ...), "
                           f"got a {type(schema).__name__}")
@@ -146,22 +146,6 @@ def load_table_spec(schema: str | Path | Mapping[str, Any], input_path: str | Pa
 
 def _schema_name(schema: str | Path | Mapping[str, Any]) -> str:
     return "table schema" if isinstance(schema, Mapping) else str(schema)
-
-
-def _read_schema_file(path: Path) -> Any:
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"table schema {path} does not exist") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"table schema {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
-                          f"{exc.start}); it should be a YAML file") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read table schema {path}: {exc.strerror or exc}") from None
-    try:
-        return yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"table schema {path} is not valid YAML: {' '.join(str(exc).split())}") from None
 
 
 @dataclass

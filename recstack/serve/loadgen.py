@@ -651,7 +651,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--factor", type=positive_float, metavar="F", help="overload: multiple of --rate (default 3)")
     parser.add_argument("--sub-batch", type=nonnegative_int, default=0, metavar="B", help="engine: split queries into B items (0: whole)")
     parser.add_argument("--offload-threshold", type=nonnegative_int, default=0, metavar="Q", help="engine: offload queries >= Q (0: never)")
-    parser.add_argument("--max-batch", type=positive_int, default=1024, metavar="N", help="engine: rows per model call (default 1024)")
+    parser.add_argument("--max-batch", type=positive_int, default=EngineConfig.max_batch, metavar="N",
+                        help=f"engine: rows per model call (default {EngineConfig.max_batch})")
     parser.add_argument("--queue-limit", type=nonnegative_int, default=0, help="engine: shed beyond this many queued rows (0: never)")
     parser.add_argument("--plot", metavar="FILE.png", help="latency against load (default: beside --report)")
     parser.add_argument("--report", metavar="FILE", help="write the JSON report here")
@@ -668,13 +669,15 @@ ENGINE_OPTIONS = ("workers", "mode", "accelerator", "sub_batch", "offload_thresh
 
 def check_options(args: argparse.Namespace) -> None:
     """Refuse options the scenario would ignore, and runs too large to hold, before a model is loaded.
-    Sets args.rate from --mean-gap-ms."""
+    Sets args.rate from --mean-gap-ms, and --factor's default."""
     for name, scenarios in SCENARIO_OPTIONS.items():
         if getattr(args, name) is not None and args.scenario not in scenarios:
             raise ConfigError(f"--{name.replace('_', '-')} applies to --scenario {' or '.join(scenarios)}, "
                               f"not to --scenario {args.scenario}")
     if args.mean_gap_ms is not None:
         args.rate = 1000.0 / args.mean_gap_ms
+    if args.factor is None:  # None until here, so that the check above sees whether it was given
+        args.factor = OVERLOAD_FACTOR
     if args.scenario == "offline" or args.sweep:
         check_query_count(args.queries, f"--queries {args.queries}")
     rate = max(args.rates or [args.rate or 0.0])
@@ -686,9 +689,8 @@ def check_options(args: argparse.Namespace) -> None:
     if args.scenario == "overload":
         if not rate or args.target_p95_ms is None:
             raise ConfigError("--scenario overload needs --rate (the sustainable rate) and --target-p95-ms")
-        factor = args.factor or OVERLOAD_FACTOR
-        check_query_count(factor * rate * args.duration,
-                          f"--factor {factor:g} x {rate:g} queries/s for --duration {args.duration:g} s")
+        check_query_count(args.factor * rate * args.duration,
+                          f"--factor {args.factor:g} x {rate:g} queries/s for --duration {args.duration:g} s")
     if args.scenario == "trace" and not args.trace:
         raise ConfigError("--scenario trace needs --trace FILE")
 
@@ -755,9 +757,9 @@ def _run_scenario(args: argparse.Namespace, target: QueryTarget, workload: Workl
         say(_line(result))
         return result
     if args.scenario == "overload":
-        factor = args.factor or OVERLOAD_FACTOR
-        result = overload_run(target, workload, args.rate, args.target_p95_ms, factor=factor, overload_s=args.duration)
-        say(f"overload {factor:g}x {args.rate:.1f} q/s: shed {result['rejected']} of {result['requests']}, "
+        result = overload_run(target, workload, args.rate, args.target_p95_ms, factor=args.factor,
+                              overload_s=args.duration)
+        say(f"overload {args.factor:g}x {args.rate:.1f} q/s: shed {result['rejected']} of {result['requests']}, "
             f"accepted p99 {_ms(result['accepted_p99_ms'])} (limit {result['accepted_p99_limit_ms']:.1f}), "
             f"no rejections {result['recovered_after_s']:.2f} s after the end; passed: {result['passed']}")
         return result
