@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from recstack import cli
+from recstack import checkpoint, cli
 from recstack.data.hotcold import build_hot_cold, count_accesses, load_hot_cold
 from recstack.data.store import SCHEMA_FILE, Dataset, DatasetWriter, SparseFeature
 from recstack.errors import CheckpointError, DataError
 from recstack.serve.scoring import ScoringModel
-from recstack.train import checkpoint
 
 N = 96
 SIZES = {"a": 10, "b": 20, "c": 30}

@@ -204,7 +204,7 @@ def test_baselines_run_beside_the_main_model(tmp_path):
     """`recstack train --baseline ...`: a config variant and item popularity, in one report."""
     from collections import Counter
 
-    from recstack.train.metrics import auc
+    from recstack.scoring.metrics import auc
     from recstack.train.run import train
 
     data = tmp_path / "din"

@@ -12,7 +12,8 @@ from recstack.config import resolve
 from recstack.data.store import Dataset
 from recstack.data.synth import generate
 from recstack.models.zoo import build_model
-from recstack.train.trainer import Trainer, evaluate_rows
+from recstack.scoring.evaluate import evaluate_rows
+from recstack.train.trainer import Trainer
 
 pytestmark = [
     pytest.mark.gpu,

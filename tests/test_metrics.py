@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
-from recstack.train.metrics import (
+from recstack.scoring.metrics import (
     MetricAccumulator,
     accuracy,
     auc,

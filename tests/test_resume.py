@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recstack.train import checkpoint
+from recstack import checkpoint
 
 RECSTACK = [sys.executable, "-m", "recstack.cli"]
 

@@ -4,6 +4,10 @@ The order of an epoch depends only on (seed, epoch): a permutation of the row ra
 shuffling, the rows in order otherwise. Batch i holds positions [i*B, (i+1)*B) of that order, so a
 run resumed at (epoch, batch) sees exactly the batches it would have seen. Indices are sorted
 inside each batch: memory-mapped reads get more local, and a summed loss does not care.
+
+The batch size is global: with `world_size` ranks, rank r reads its share of every global batch
+(positions [r*n/W, (r+1)*n/W) of the batch's n sorted rows), so the batches, and what a model
+learns from them, do not depend on how many ranks read them.
 """
 
 from __future__ import annotations
@@ -40,8 +44,11 @@ class BatchLoader:
         drop_last: bool = False,
         prefetch: int = 4,
         transform: Callable[[Batch], Batch] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ):
-        """`transform`: applied to every batch where it is built (on the prefetch thread)."""
+        """`transform`: applied to every batch where it is built (on the prefetch thread).
+        `rank`, `world_size`: this reader's share of every global batch (see the module doc)."""
         start, stop = int(rows[0]), int(rows[1])
         if not 0 <= start <= stop <= len(dataset):
             raise ValueError(f"rows [{start}, {stop}) are outside the dataset's {len(dataset)} rows")
@@ -49,6 +56,8 @@ class BatchLoader:
             raise ValueError("batch_size must be at least 1")
         if prefetch < 0:
             raise ValueError("prefetch must be >= 0")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1} (world size {world_size})")
         self.dataset = dataset
         self.start, self.stop = start, stop
         self.batch_size = int(batch_size)
@@ -57,6 +66,7 @@ class BatchLoader:
         self.drop_last = drop_last
         self.prefetch = int(prefetch)
         self.transform = transform
+        self.rank, self.world_size = int(rank), int(world_size)
 
     @property
     def num_rows(self) -> int:
@@ -80,8 +90,21 @@ class BatchLoader:
         lo = i * self.batch_size
         hi = min(lo + self.batch_size, self.num_rows)
         if order is None:
+            lo, hi = self.rank_share(lo, hi)
             return slice(self.start + lo, self.start + hi)
-        return np.sort(order[lo:hi])
+        return self._share(np.sort(order[lo:hi]))
+
+    def rank_share(self, lo: int, hi: int) -> tuple[int, int]:
+        """This rank's part [a, b) of the global batch's positions [lo, hi)."""
+        n = hi - lo
+        return lo + self.rank * n // self.world_size, lo + (self.rank + 1) * n // self.world_size
+
+    def _share(self, rows: np.ndarray) -> np.ndarray:
+        """This rank's part of a global batch's sorted rows."""
+        if self.world_size == 1:
+            return rows
+        a, b = self.rank_share(0, rows.size)
+        return rows[a:b]
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         """The batches of one epoch, from `start_batch` on (earlier batches are never read)."""
@@ -134,7 +157,7 @@ class IndexBatchLoader(BatchLoader):
     def batch_rows(self, order: np.ndarray | None, i: int) -> np.ndarray:
         order = self.rows if order is None else order
         lo = i * self.batch_size
-        return np.sort(order[lo : min(lo + self.batch_size, self.num_rows)])
+        return self._share(np.sort(order[lo : min(lo + self.batch_size, self.num_rows)]))
 
 
 @dataclass

@@ -233,7 +233,7 @@ def item_pop_metrics(train_items: np.ndarray, candidates: np.ndarray, num_items:
     """ItemPop: score every test candidate by its number of training positives. candidates [U, C]
     (the positive in column 0). HR@10 and NDCG@10 with the trainer's tie rule (pessimistic: every
     candidate as popular as the positive ranks above it)."""
-    from recstack.train.metrics import hit_rate_at_k, ndcg_at_k
+    from recstack.scoring.metrics import hit_rate_at_k, ndcg_at_k
 
     popularity = np.bincount(train_items, minlength=num_items).astype(np.float64)
     scores = popularity[candidates]

@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from recstack import checkpoint
 from recstack.data.batch import Batch, JaggedFeatures
 from recstack.data.store import Dataset
 from recstack.errors import CheckpointError, DataError
 from recstack.progress import console, is_quiet
 from recstack.report import new_report, write_report
-from recstack.train import checkpoint
-from recstack.train.metrics import MetricAccumulator
-from recstack.train.trainer import evaluate_rows
+from recstack.scoring.evaluate import evaluate_rows
+from recstack.scoring.metrics import MetricAccumulator
 
 # schema.info keys that decide what an id means (hashing, thresholds, synthetic generator)
 _ENCODING_KEYS = ("mode", "hash_buckets", "vocab_min_count", "generator", "preset", "seed", "scale")

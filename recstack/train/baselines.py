@@ -25,7 +25,7 @@ from recstack.config import Config, set_key, validate
 from recstack.data.store import Dataset
 from recstack.errors import ConfigError
 from recstack.progress import console, say
-from recstack.train.metrics import auc
+from recstack.scoring.metrics import auc
 
 POPULARITY = "popularity"
 

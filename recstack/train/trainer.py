@@ -16,19 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recstack import checkpoint
 from recstack.config import Config, TrainConfig
 from recstack.data.batch import Batch
 from recstack.data.loader import BatchLoader
 from recstack.data.store import Dataset
 from recstack.errors import CheckpointError, ConfigError
 from recstack.progress import progress_bar, say
-from recstack.train import checkpoint
-from recstack.train.metrics import MetricAccumulator, hit_rate_at_k, ndcg_at_k
+from recstack.scoring.evaluate import evaluate_rows
 
 # settings that must not change between a run and its --resume (epochs, max_steps, eval and
 # checkpoint cadence may: they only extend or observe the run)
@@ -68,44 +67,6 @@ def lr_factor(step: int, train: TrainConfig) -> float:
 
 def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-
-
-def ranking_groups(dataset: Dataset, rows: tuple[int, int]) -> int | None:
-    """Candidates per user when these rows are a ranking split: blocks of one positive (first) and
-    its sampled negatives, as the dataset's schema declares (`info.ranking`); else None."""
-    ranking = dataset.schema.info.get("ranking")
-    if not ranking or list(dataset.split(ranking["split"])) != list(rows):
-        return None
-    size = int(ranking["group_size"])
-    return size if size > 1 and (rows[1] - rows[0]) % size == 0 else None
-
-
-@torch.no_grad()
-def evaluate_rows(
-    model: nn.Module, dataset: Dataset, rows: tuple[int, int], batch_size: int, device: torch.device
-) -> dict[str, Any]:
-    """Metrics of the model on a contiguous row range, in order: AUC, log loss, NE and accuracy (per
-    task for multi-task models); HR@10 and NDCG@10 on a ranking split."""
-    was_training = model.training
-    model.eval()
-    task_names = getattr(model, "task_names", None)
-    accumulator = MetricAccumulator(task_names if task_names and len(task_names) > 1 else None)
-    loader = BatchLoader(dataset, rows, batch_size, shuffle=False, drop_last=False, prefetch=2)
-    for batch in loader.epoch(0):
-        batch = batch.to(device)
-        probs = torch.sigmoid(model(batch)).float().cpu().numpy()
-        if not np.isfinite(probs).all():  # the inputs are finite (the dataset checks them): the weights are not
-            raise ConfigError("the model predicts NaN: its training diverged (lower train.lr or train.sparse_lr)")
-        accumulator.update(batch.labels.cpu().numpy(), probs)
-    model.train(was_training)
-    metrics = accumulator.compute()
-    group = ranking_groups(dataset, rows)
-    if group is not None:
-        _, probs = accumulator.arrays()
-        scores = probs[:, 0].reshape(-1, group)
-        metrics.update(hr_at_10=hit_rate_at_k(scores, 0, 10), ndcg_at_10=ndcg_at_k(scores, 0, 10),
-                       ranking_users=int(scores.shape[0]), ranking_candidates=group)
-    return metrics
 
 
 @dataclass
