@@ -32,11 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from recstack.config import read_yaml
 from recstack.data.criteo import GzipEnded, gzip_note, input_blocks
 from recstack.data.prepare import RejectLog, RowSink, build_dataset, check_inputs, maybe_progress, reject_info
 from recstack.data.vocab import HASH_BUCKETS_RANGE, MAX_COUNT, VocabIndex, encode_hash, encode_vocab, is_int_in
 from recstack.errors import ConfigError, DataError
+from recstack.yamlfile import read_yaml
 
 TABLE_REJECT_REASONS: tuple[str, ...] = (
     "wrong_field_count",
