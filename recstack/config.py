@@ -19,6 +19,7 @@ from typing import Any
 
 from recstack.argtypes import SEED_MAX
 from recstack.errors import ConfigError
+from recstack.presets import PRESETS
 from recstack.yamlfile import read_yaml
 
 INT_MAX = 2**63 - 1
@@ -289,10 +290,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return loaded
 
 
+def apply_preset(config: Config, name: str) -> None:
+    """Set the keys of the named preset (recstack.presets) and record its name in model.preset."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}; presets: {', '.join(sorted(PRESETS))}")
+    apply_mapping(config, PRESETS[name])
+    config.model.preset = name
+
+
 def resolve(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then the model preset, then the YAML file, then overrides."""
-    from recstack.models.zoo import apply_preset
-
     file_mapping = load_yaml(config_file) if config_file else {}
     overrides = dict(overrides or {})
     config = Config()
