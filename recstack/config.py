@@ -140,12 +140,25 @@ class FAEConfig:
 
 
 @dataclass
+class EmbeddingsConfig:
+    """Where the model's tables live (recstack.embeddings.plan): one kind of collection for all of a
+    model's collections, unless `collections` gives some of them (by role) another."""
+
+    kind: str = "dense"
+    """dense (plain tables where the model computes), tiered (FAE's hot/cold tiers: fae.budget selects
+    it), fp16 (half-precision tables, for inference); docs/ARCHITECTURE.md lists them all."""
+    collections: list[str] = field(default_factory=list)
+    """role=kind for a model's collections by role: main, wide (Wide & Deep, DeepFM), gmf, mlp (NCF)."""
+
+
+@dataclass
 class Config:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     fae: FAEConfig = field(default_factory=FAEConfig)
+    embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -370,6 +383,11 @@ def validate(config: Config) -> None:
             raise ConfigError(f"fae: {exc}") from None
         if config.fae.switch_period < 0 or config.fae.hot_device not in ("cpu", "cuda", "auto"):
             raise ConfigError("fae.switch_period must be >= 0 and fae.hot_device cpu, cuda or auto")
+        if config.embeddings.kind == "dense":  # the budget turns FAE on: its tiers hold the tables
+            config.embeddings.kind = "tiered"
+    if "tiered" in (config.embeddings.kind, *[c.partition("=")[2] for c in config.embeddings.collections]) \
+            and not config.fae.budget:
+        raise ConfigError("embeddings kind tiered (FAE) needs fae.budget, the bytes of its hot tier (e.g. 256MiB)")
     if not 0 <= config.seed <= SEED_MAX:
         raise ConfigError(f"seed must be in [0, {SEED_MAX}], not {config.seed}")
     if t.device not in ("cpu", "cuda", "auto"):

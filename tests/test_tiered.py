@@ -326,7 +326,7 @@ def test_checkpoints_are_plain_and_load_both_ways():
     plain, fae = make_models("rowwise_adagrad")
     train_fae(fae, FAESchedule(len(HOT_BATCHES), len(COLD_BATCHES), 2), epochs=1)
     saved = fae.state_dict()
-    assert set(saved) == set(plain.state_dict())  # embeddings.weight, embeddings.optimizer_state, MLPs
+    assert set(saved) == set(plain.state_dict())  # embeddings.tables.<table>.weight and .optimizer_state, MLPs
     plain.load_state_dict(saved)  # strict: an FAE checkpoint serves on plain tables
     assert_same(plain, fae)
     # and back: a tiered model in hot mode loads a plain checkpoint and refreshes its hot table
@@ -349,7 +349,8 @@ def test_state_dict_syncs_first():
     loss_fn(fae(HOT_BATCHES[0]), HOT_BATCHES[0].labels).backward()
     coll.apply_gradients(0.5)
     stale = coll.full.weight.clone()
-    saved = fae.state_dict()["embeddings.weight"]
+    state = fae.state_dict()  # the logical state: each table's rows, here end to end as the full tables hold them
+    saved = torch.cat([state[f"embeddings.tables.{t.name}.weight"] for t in TABLES])
     assert not torch.equal(saved, stale) and torch.equal(saved, coll.full.weight)
 
 

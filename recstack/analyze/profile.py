@@ -25,8 +25,11 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from recstack.argtypes import int_in
 from recstack.models.base import FAMILIES, family_modules
+from recstack.train import pipeline
 
 STEP = "family::step"
+PIPELINE_PHASES = {pipeline.DATA: "data", pipeline.OPTIMIZER: "optimizer"}
+"""The training step's own profiler ranges (recstack.train.pipeline) -> the family they count to."""
 ORDER = ["data", *FAMILIES, "optimizer", "other"]
 MAX_STEPS = 10_000
 """Most profiled (and warm-up) steps: the profiler keeps every event in memory, and the synthetic data
@@ -117,14 +120,9 @@ def profile_training(trainer, steps: int, warmup: int) -> dict[str, Any]:
 
     def step() -> None:
         with record_function(STEP):
-            with record_function("family::data"):
-                batch = next(batches).to(device)
-            trainer.optimizer.zero_grad(set_to_none=True)
-            loss, _ = model.training_loss(batch)
-            loss.backward()
-            with record_function("family::optimizer"):
-                trainer.optimizer.step()
-                model.apply_gradients(trainer.train_cfg.sparse_lr)
+            with record_function("family::data"):  # waiting for the loader; the step's own copy is pipeline.DATA
+                batch = next(batches)
+            trainer.step(batch, trainer.train_cfg.sparse_lr)
             if device.type == "cuda":
                 torch.cuda.synchronize()
 
@@ -143,13 +141,14 @@ def profile_training(trainer, steps: int, warmup: int) -> dict[str, Any]:
         ranges.remove()
     totals: dict[str, float] = {}
     for event in prof.key_averages():
-        if event.key.startswith("family::"):
-            totals[event.key.removeprefix("family::")] = event.cpu_time_total / 1e6
+        family = PIPELINE_PHASES.get(event.key) or (event.key.removeprefix("family::") if event.key.startswith("family::") else None)
+        if family is not None:
+            totals[family] = totals.get(family, 0.0) + event.cpu_time_total / 1e6
     step_seconds = totals.pop("step", wall)
     backward = backward_seconds(prof.events())
     families = {name: totals.get(name, 0.0) + backward.get(name, 0.0) for name in ORDER if name != "other"}
     families["other"] = max(step_seconds - sum(families.values()), 0.0)
-    top_ops = sorted((e for e in prof.key_averages() if not e.key.startswith("family::")),
+    top_ops = sorted((e for e in prof.key_averages() if not e.key.startswith("family::") and e.key not in PIPELINE_PHASES),
                      key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
     return {
         "steps": steps,

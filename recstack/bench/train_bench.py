@@ -39,7 +39,7 @@ def training_bytes_per_sample(model: torch.nn.Module, batch_size: int) -> tuple[
     with skewed ids a batch has fewer unique rows than lookups, so the lookup count is an upper bound
     (the bench measures the real unique fraction and passes it in `unique_fraction`)."""
     emb = model.embeddings
-    row_bytes = emb.dim * 4
+    row_bytes = emb.dim * emb.dtype.itemsize
     state_bytes = emb.optimizer.state_floats_per_row(emb.dim) * 4
     lookups = model.embedding_lookups_per_sample()
     return lookups * row_bytes, lookups * 2 * (row_bytes + state_bytes)
@@ -126,7 +126,7 @@ def bench_train(
     gather_bytes, update_bytes = training_bytes_per_sample(model, batch_size)
     uniq = unique_fraction(dataset, trainer.train_rows, batch_size, config.seed)
     ceilings = roofline.measure_ceilings(
-        row_bytes=model.embeddings.dim * 4,
+        row_bytes=model.embeddings.dim * model.embeddings.dtype.itemsize,
         mlp_batch=batch_size,
         mlp_widths=[model.bottom.widths, model.top.widths],
     )

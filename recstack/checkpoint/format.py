@@ -25,7 +25,9 @@ import torch
 from recstack.errors import CheckpointError
 
 FORMAT = "recstack-checkpoint"
-VERSION = 1
+VERSION = 2
+"""2: each embedding table's rows and optimizer state under its own keys (`...tables.<name>.weight`),
+whatever collection wrote them; 1 stored a collection's fused buffer, which loads as its tables."""
 _NAME = re.compile(r"^ckpt-(\d{10})\.pt$")
 BEST = "best.pt"
 PARTS: dict[str, type] = {
@@ -60,8 +62,9 @@ def vocab_from_tensors(vocab: Any, path: str | Path = "checkpoint") -> dict[str,
 
 
 def rebuild_model(payload: dict[str, Any]) -> tuple[Any, Any, torch.nn.Module]:
-    """(config, dataset schema, untrained model) as recorded in a loaded checkpoint; a config or
-    schema this recstack cannot use is the checkpoint's fault, and the error names it."""
+    """(config, dataset schema, untrained model) as recorded in a loaded checkpoint, its tables placed
+    for inference (a training-only kind such as FAE's tiers becomes the kind that serves it); a config
+    or schema this recstack cannot use is the checkpoint's fault, and the error names it."""
     from recstack.config import from_dict
     from recstack.data.store import Schema
     from recstack.errors import RecstackError
@@ -77,7 +80,7 @@ def rebuild_model(payload: dict[str, Any]) -> tuple[Any, Any, torch.nn.Module]:
     except (RecstackError, TypeError, ValueError, AttributeError, KeyError) as exc:
         raise CheckpointError(f"checkpoint {path} holds a damaged dataset schema: {_message(exc)}") from None
     try:
-        model = build_model(config, schema)
+        model = build_model(config, schema, inference=True)
     except (RecstackError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path}: its model cannot be built from its config: "
                               f"{_message(exc)}") from None

@@ -46,6 +46,26 @@ class JaggedFeatures:
         length_parts = self.lengths.view(len(self.keys), self.batch_size)
         return {k: (value_parts[i], length_parts[i]) for i, k in enumerate(self.keys)}
 
+    def select(self, keys: list[str]) -> JaggedFeatures:
+        """The features `keys`, in that order (itself when the keys already match)."""
+        if keys == self.keys:
+            return self
+        missing = [k for k in keys if k not in self.keys]
+        if missing:
+            raise KeyError(f"batch lacks sparse features {missing}")
+        per_key = self.lengths.view(len(self.keys), self.batch_size)
+        sizes = per_key.sum(1).tolist()
+        value_parts = torch.split(self.values, sizes)
+        weight_parts = None if self.weights is None else torch.split(self.weights, sizes)
+        index = [self.keys.index(k) for k in keys]
+        return JaggedFeatures(
+            keys=list(keys),
+            values=torch.cat([value_parts[i] for i in index]) if index else self.values[:0],
+            lengths=per_key[index].reshape(-1),
+            batch_size=self.batch_size,
+            weights=None if weight_parts is None else torch.cat([weight_parts[i] for i in index]),
+        )
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> JaggedFeatures:
         return JaggedFeatures(
             keys=self.keys,

@@ -7,15 +7,21 @@ from being dominated by per-op overhead on a CPU.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from recstack.data.batch import JaggedFeatures
-from recstack.embeddings.base import EmbeddingCollection, SequenceEmbeddings, SparseOptimizerConfig, TableConfig
+from recstack.embeddings.base import (
+    EmbeddingCollection,
+    SequenceEmbeddings,
+    SparseOptimizerConfig,
+    TableConfig,
+    TableState,
+)
 from recstack.embeddings.optim import new_state, sum_duplicate_rows, update_rows
+from recstack.embeddings.plan import Placement, register
 
 
 @dataclass
@@ -38,6 +44,7 @@ class DenseEmbeddingCollection(EmbeddingCollection):
         tables: list[TableConfig],
         optimizer: SparseOptimizerConfig | None = None,
         device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
     ):
         super().__init__()
         if not tables:
@@ -49,7 +56,6 @@ class DenseEmbeddingCollection(EmbeddingCollection):
         if len(dims) != 1:
             raise ValueError(f"all tables of a DenseEmbeddingCollection share one dimension, got {sorted(dims)}")
         self.tables = list(tables)
-        self.dim = dims.pop()
         self.optimizer = optimizer or SparseOptimizerConfig()
         total_rows = sum(t.num_embeddings for t in tables)
         row_offsets = [0]
@@ -65,8 +71,8 @@ class DenseEmbeddingCollection(EmbeddingCollection):
         # sequence features: (row offset, rows, fold) of their table
         self._sequence_table = {f: (offset, t.num_embeddings, t.fold) for t, offset in zip(tables, row_offsets)
                                 for f in t.sequence_names}
-        self.register_buffer("weight", torch.empty(total_rows, self.dim, device=device))
-        self.register_buffer("optimizer_state", new_state(self.optimizer, total_rows, self.dim, device))
+        self.register_buffer("weight", torch.empty(total_rows, self.dim, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("optimizer_state", new_state(self.optimizer, total_rows, self.dim, device), persistent=False)
         self.register_buffer("_feature_offset", torch.tensor(feature_offset, dtype=torch.int64), persistent=False)
         self.register_buffer("_feature_rows", torch.tensor(feature_rows, dtype=torch.int64), persistent=False)
         self._any_fold = any(feature_fold)
@@ -74,48 +80,63 @@ class DenseEmbeddingCollection(EmbeddingCollection):
         self._feature_mean = torch.tensor(feature_mean, dtype=torch.bool)
         self._any_mean = any(feature_mean)
         self.table_row_offsets = row_offsets
+        """Where each table's rows start in the fused `weight`."""
+        self._offset_of = {t.name: (offset, t.num_embeddings) for t, offset in zip(tables, row_offsets)}
         self._pending: list[_Lookup] = []
-        self._key_order_cache: dict[tuple[str, ...], torch.Tensor | None] = {}
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """U(-sqrt(1/n), sqrt(1/n)) per table, as the DLRM reference initializes its bags."""
-        for t, offset in zip(self.tables, self.table_row_offsets):
-            bound = math.sqrt(1.0 / t.num_embeddings)
-            self.weight[offset : offset + t.num_embeddings].uniform_(-bound, bound)
+        for t in self.tables:
+            t.initialize(self.table_weight(t.name))
         self.optimizer_state.zero_()
+
+    # --- logical state: views of the fused buffers ------------------------------------------
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weight.dtype
+
+    def _span(self, name: str) -> slice:
+        if name not in self._offset_of:
+            raise KeyError(f"{type(self).__name__} has no table {name!r}")
+        offset, rows = self._offset_of[name]
+        return slice(offset, offset + rows)
 
     def table_weight(self, name: str) -> torch.Tensor:
         """A view of one table's rows."""
-        for t, offset in zip(self.tables, self.table_row_offsets):
-            if t.name == name:
-                return self.weight[offset : offset + t.num_embeddings]
-        raise KeyError(name)
+        return self.weight[self._span(name)]
+
+    def table_state(self, name: str) -> TableState:
+        span = self._span(name)
+        return TableState(self.weight[span], self.optimizer_state[span])
+
+    @torch.no_grad()
+    def load_table_state(self, name: str, state: TableState) -> None:
+        span = self._span(name)
+        self.weight[span].copy_(state.weight)
+        self.optimizer_state[span].copy_(state.optimizer_state)
+
+    def read_rows(self, name: str, rows: torch.Tensor) -> TableState:
+        index = rows.to(self.weight.device) + self._span(name).start
+        return TableState(self.weight.index_select(0, index), self.optimizer_state.index_select(0, index))
+
+    @torch.no_grad()
+    def write_rows(self, name: str, rows: torch.Tensor, state: TableState) -> None:
+        index = rows.to(self.weight.device) + self._span(name).start
+        self.weight.index_copy_(0, index, state.weight.to(self.weight))
+        self.optimizer_state.index_copy_(0, index, state.optimizer_state.to(self.optimizer_state))
+
+    def place(self, device: torch.device | str) -> None:
+        """Rows live where the model computes."""
+        self.move_tensors(device)
+
+    @property
+    def ids_device(self) -> torch.device:
+        return self.weight.device
 
     def _in_order(self, features: JaggedFeatures) -> JaggedFeatures:
-        """The features this collection reads, in its own order (a no-op when keys already match)."""
-        keys = tuple(features.keys)
-        if keys not in self._key_order_cache:
-            wanted = self.feature_names
-            missing = [k for k in wanted if k not in keys]
-            if missing:
-                raise KeyError(f"batch lacks sparse features {missing}")
-            self._key_order_cache[keys] = None if list(keys) == wanted else torch.tensor([keys.index(k) for k in wanted])
-        order = self._key_order_cache[keys]
-        if order is None:
-            return features
-        per_key = features.lengths.view(len(keys), features.batch_size)
-        value_parts = torch.split(features.values, per_key.sum(1).tolist())
-        weight_parts = None if features.weights is None else torch.split(features.weights, per_key.sum(1).tolist())
-        idx = order.tolist()
-        return JaggedFeatures(
-            keys=self.feature_names,
-            values=torch.cat([value_parts[i] for i in idx]),
-            lengths=per_key[order].reshape(-1),
-            batch_size=features.batch_size,
-            weights=None if weight_parts is None else torch.cat([weight_parts[i] for i in idx]),
-        )
+        return features.select(self.feature_names)
 
     def forward(self, features: JaggedFeatures) -> torch.Tensor:
         batch, num_features = features.batch_size, len(self.feature_names)
@@ -205,3 +226,9 @@ class DenseEmbeddingCollection(EmbeddingCollection):
 
     def discard_gradients(self) -> None:
         self._pending.clear()
+
+
+@register("dense")
+def build(tables: list[TableConfig], placement: Placement) -> DenseEmbeddingCollection:
+    """Plain tables where the model computes."""
+    return DenseEmbeddingCollection(tables, placement.optimizer, device=placement.device)

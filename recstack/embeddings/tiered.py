@@ -1,31 +1,33 @@
-"""FAE's tiered embeddings (specs/TECHNIQUES.md section 1): the full tables in CPU memory, and one
-compact copy of the hot rows, with their optimizer state, in fast memory.
+"""FAE's tiered embeddings (specs/TECHNIQUES.md section 1): the full tables, and one compact copy of
+the hot rows, with their optimizer state, in fast memory.
 
-    full tables  (a DenseEmbeddingCollection, CPU)  rows of every table, hot ones included
-    hot table    (hot_device: cuda when there is one) concat_t(E_t[hot_rows[t]]), hot_offsets order
+    full tables  (any EmbeddingCollection; dense in CPU memory by default)  every row, hot ones included
+    hot table    (a dense collection on hot_device: cuda when there is one)  the hot rows of each table
 
 The collection is in one of two modes, chosen by the training loop for each batch:
 
-- "hot": every id of the batch must be a hot row (an all-hot batch). Ids are remapped to the hot
-  table, the batch is pooled and updated there, and the full tables' copies of the hot rows go stale.
+- "hot": every id of a tiered table in the batch must be a hot row (an all-hot batch). Ids are
+  remapped to the hot table, the batch is pooled and updated there, and the full tables' copies of
+  the hot rows go stale.
 - "cold": the batch is pooled and updated on the full tables; it may read and write hot rows too,
   so the hot table goes stale.
+
+A table is tiered when it has hot rows and no sequence feature (a sequence reads its table on the
+full tier, which must then hold the latest rows); the others are read from the full tables in both
+modes (`untiered` says why), so any budget trains, a table without hot rows simply has no hot tier.
 
 Invariant: at every moment each hot row has one authoritative copy. `set_mode` performs the copy a
 switch needs (hot -> full when leaving hot mode, full -> hot when entering it), rows AND optimizer
 state, and counts it (`switches`, `syncs`, `bytes_synced`). `sync()` makes the full tables
-authoritative without switching (before evaluation and checkpoints); `state_dict()` and any forward
-outside training call it, so a checkpoint or an evaluation can never miss the hot updates.
+authoritative without switching (before evaluation and checkpoints); the logical state
+(`table_state`, `state_dict`) and any forward outside training call it, so a checkpoint or an
+evaluation can never miss the hot updates.
 
-The hot table is itself a DenseEmbeddingCollection (one table per full table, holding that table's
-hot rows), so pooling (sum, mean, weighted, the one-hot fast path) and the sparse update rules are
-dense.py's and optim.py's own code; this module only remaps ids and copies rows.
-
-The state dict has the plain collection's keys (`weight`, `optimizer_state`, the full tables): a
-checkpoint trained with FAE loads into a model built with DenseEmbeddingCollection and back.
-`.to()`, `.cuda()` and `.cpu()` on an enclosing model change dtypes here but never placement: the
-full tables stay where they were built and the hot table on `hot_device` (where rows live is this
-collection's decision, DESIGN.md principle 1).
+Everything here goes through the EmbeddingCollection interface of the two tiers (read_rows,
+write_rows, table_state), so the full tier can be any collection: pooling and the update rules are
+theirs; this module only remaps ids and copies rows. The logical state is the full tables', so a
+checkpoint trained with FAE loads into a plain collection and back. Rows stay where they were built
+(`place` only sets where the output goes).
 """
 
 from __future__ import annotations
@@ -39,12 +41,16 @@ import torch
 
 from recstack.data.batch import JaggedFeatures
 from recstack.data.hotcold import HotCold
-from recstack.embeddings.base import EmbeddingCollection, SparseOptimizerConfig, TableConfig
+from recstack.embeddings.base import EmbeddingCollection, SparseOptimizerConfig, TableConfig, TableState
 from recstack.embeddings.dense import DenseEmbeddingCollection
 from recstack.embeddings.optim import update_rows
+from recstack.embeddings.plan import Placement, build_collection, register
+from recstack.errors import ConfigError
 
 HOT, COLD = "hot", "cold"
 MODES = (HOT, COLD)
+REST = "rest"
+"""Lookups on the full tier of untiered tables (in either mode): they never make the hot table stale."""
 
 
 @dataclass
@@ -59,8 +65,7 @@ HotRows = HotCold | Mapping[str, np.ndarray] | Sequence[np.ndarray]
 
 class _HotTables(DenseEmbeddingCollection):
     """The compact hot table: table t holds the hot rows of full table t (ids are hot-local, so no
-    folding). Its rows come from the full tables (`sync_to_hot`), so it starts at zero; its buffers
-    are not saved (the full tables are the checkpoint)."""
+    folding). Its rows come from the full tables (`sync_to_hot`), so it starts at zero."""
 
     def __init__(
         self,
@@ -72,19 +77,11 @@ class _HotTables(DenseEmbeddingCollection):
         state_dtype: torch.dtype,
     ):
         hot = [
-            TableConfig(t.name, n, t.embedding_dim, list(t.feature_names), t.pooling, fold=False)
+            TableConfig(t.name, n, t.embedding_dim, list(t.feature_names), t.pooling, fold=False, init="zeros")
             for t, n in zip(tables, counts)
         ]
-        super().__init__(hot, optimizer, device)
-        for name, kind in (("weight", dtype), ("optimizer_state", state_dtype)):
-            value = getattr(self, name).to(kind)
-            delattr(self, name)
-            self.register_buffer(name, value, persistent=False)
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        self.weight.zero_()
-        self.optimizer_state.zero_()
+        super().__init__(hot, optimizer, device, dtype)
+        self.optimizer_state = self.optimizer_state.to(state_dtype)
 
     @torch.no_grad()
     def apply_gradients(self, lr: float) -> None:
@@ -161,7 +158,7 @@ class TieredEmbeddingCollection(EmbeddingCollection):
 
     def __init__(
         self,
-        full: DenseEmbeddingCollection,
+        full: EmbeddingCollection,
         hot_rows: HotRows,
         *,
         hot_device: torch.device | str | None = None,
@@ -173,37 +170,51 @@ class TieredEmbeddingCollection(EmbeddingCollection):
         cuda when available, else cpu). `output_device`: where `forward` returns the pooled
         embeddings, i.e. where the MLPs are (default hot_device)."""
         super().__init__()
-        if not isinstance(full, DenseEmbeddingCollection):
-            raise TypeError(f"the full tables must be a DenseEmbeddingCollection, not {type(full).__name__}")
-        self.full = full
+        if not isinstance(full, EmbeddingCollection):
+            raise TypeError(f"the full tables must be an EmbeddingCollection, not {type(full).__name__}")
+        self.full = self.adopt(full)
         self.tables = full.tables
-        self.dim = full.dim
         self.optimizer = full.optimizer
         self.hot_device = torch.device(hot_device) if hot_device is not None else _default_hot_device()
         self.output_device = torch.device(output_device) if output_device is not None else self.hot_device
 
         per_table = hot_rows_per_table(full.tables, hot_rows)
-        counts = [int(r.size) for r in per_table]
+        self.untiered = {t.name: "a sequence feature reads it" if t.sequence_names else "no hot rows"
+                         for t, rows in zip(full.tables, per_table) if t.sequence_names or not rows.size}
+        """Tables read from the full tier in both modes, and why."""
+        tiered = [(t, rows) for t, rows in zip(full.tables, per_table) if t.name not in self.untiered]
+        self._hot_rows = {t.name: torch.from_numpy(rows) for t, rows in tiered}
+        counts = [int(rows.size) for _, rows in tiered]
         self.hot_offsets = np.zeros(len(counts) + 1, dtype=np.int64)
         self.hot_offsets[1:] = np.cumsum(counts)
-        self.hot = _HotTables(
-            full.tables, counts, full.optimizer, self.hot_device, full.weight.dtype, full.optimizer_state.dtype
-        )
-        # hot slot h <-> full row _hot_full_rows[h]; _remap: full row -> index inside its hot table, or -1
-        full_rows = [offset + rows for offset, rows in zip(full.table_row_offsets, per_table)]
+        self.hot = None
+        if tiered:
+            state_dtype = full.table_state(full.tables[0].name).optimizer_state.dtype
+            self.hot = self.adopt(_HotTables([t for t, _ in tiered], counts, full.optimizer, self.hot_device,
+                                             full.dtype, state_dtype))
+        # logical rows: the tables' rows end to end, in table order. Hot slot h <-> logical row
+        # _hot_full_rows[h]; _remap: logical row -> index inside its hot table, or -1
+        row_offset = dict(zip([t.name for t in full.tables], np.cumsum([0] + [t.num_embeddings for t in full.tables])))
+        full_rows = [row_offset[t.name] + rows for t, rows in tiered]
         self._hot_full_rows = torch.from_numpy(np.concatenate(full_rows) if full_rows else np.zeros(0, np.int64))
-        self._remap = torch.full((int(full.weight.shape[0]),), -1, dtype=torch.int32)
+        self._remap = torch.full((sum(t.num_embeddings for t in full.tables),), -1, dtype=torch.int32)
         local = [torch.arange(n, dtype=torch.int32) for n in counts]
         self._remap[self._hot_full_rows] = torch.cat(local) if local else torch.zeros(0, dtype=torch.int32)
-        feature_rows, feature_offset, feature_fold = [], [], []
-        for t, offset in zip(full.tables, full.table_row_offsets):
+        feature_rows, feature_offset, feature_tiered = [], [], []
+        for t in full.tables:
             for _ in t.feature_names:
-                feature_rows.append(t.num_embeddings)
-                feature_offset.append(offset)
-                feature_fold.append(t.fold)
+                feature_rows.append(t.num_embeddings if t.fold else 0)
+                feature_offset.append(int(row_offset[t.name]))
+                feature_tiered.append(t.name not in self.untiered)
         self._feature_rows = torch.tensor(feature_rows, dtype=torch.int64)
         self._feature_offset = torch.tensor(feature_offset, dtype=torch.int64)
-        self._any_fold = any(feature_fold)
+        self._feature_tiered = torch.tensor(feature_tiered, dtype=torch.bool)
+        self._any_fold = any(t.fold for t in full.tables)
+        # hot mode with untiered features: the hot tier's features, then the full tier's, put back in order
+        self._rest_features = [f for t in full.tables if t.name in self.untiered for f in t.feature_names]
+        hot_features = [] if self.hot is None else self.hot.feature_names
+        split_order = hot_features + self._rest_features
+        self._unsplit = torch.tensor([split_order.index(f) for f in self.feature_names], dtype=torch.int64)
 
         self.mode = COLD
         self.switches = 0
@@ -215,9 +226,6 @@ class TieredEmbeddingCollection(EmbeddingCollection):
         self._full_current = True  # the full tables hold the latest hot rows
         self._hot_current = False  # the hot table equals the full tables' hot rows
         self._pending_tiers: set[str] = set()
-        self.register_state_dict_pre_hook(_sync_before_saving)
-        self.register_state_dict_post_hook(_plain_keys)
-        self.register_load_state_dict_pre_hook(_full_keys)
         self.register_load_state_dict_post_hook(_after_loading)
 
     # --- sizes -------------------------------------------------------------------------------
@@ -229,6 +237,8 @@ class TieredEmbeddingCollection(EmbeddingCollection):
     @property
     def hot_bytes(self) -> int:
         """Bytes of the hot table: rows plus optimizer state; one sync moves this much."""
+        if self.hot is None:
+            return 0
         w, s = self.hot.weight, self.hot.optimizer_state
         return self.num_hot_rows * (w.shape[1] * w.element_size() + s.shape[1] * s.element_size())
 
@@ -239,6 +249,7 @@ class TieredEmbeddingCollection(EmbeddingCollection):
             "hot_rows": self.num_hot_rows,
             "hot_bytes": self.hot_bytes,
             "hot_device": str(self.hot_device),
+            "untiered_tables": dict(self.untiered),
             "switches": self.switches,
             "syncs": self.syncs,
             "bytes_synced": self.bytes_synced,
@@ -264,18 +275,16 @@ class TieredEmbeddingCollection(EmbeddingCollection):
     @torch.no_grad()
     def sync_to_cold(self) -> int:
         """Copy the hot rows and their optimizer state from the hot table into the full tables."""
-        index = self._hot_full_rows.to(self.full.weight.device)
-        self.full.weight.index_copy_(0, index, self.hot.weight.to(self.full.weight.device))
-        self.full.optimizer_state.index_copy_(0, index, self.hot.optimizer_state.to(self.full.weight.device))
+        for name, rows in self._hot_rows.items():
+            self.full.write_rows(name, rows, self.hot.table_state(name))
         self._full_current = True
         return self._count_sync()
 
     @torch.no_grad()
     def sync_to_hot(self) -> int:
         """Copy the hot rows and their optimizer state from the full tables into the hot table."""
-        index = self._hot_full_rows.to(self.full.weight.device)
-        self.hot.weight.copy_(self.full.weight.index_select(0, index))
-        self.hot.optimizer_state.copy_(self.full.optimizer_state.index_select(0, index))
+        for name, rows in self._hot_rows.items():
+            self.hot.load_table_state(name, self.full.read_rows(name, rows))
         self._hot_current = True
         return self._count_sync()
 
@@ -294,29 +303,59 @@ class TieredEmbeddingCollection(EmbeddingCollection):
 
     def forward(self, features: JaggedFeatures) -> torch.Tensor:
         if self.training and self.mode == HOT:
+            if not self._hot_current:  # rows loaded since the switch
+                self.sync_to_hot()
             ids = features if isinstance(features, HotIds) else self._to_hot(features)
-            # ids to the hot table's device without waiting (a no-op copy when the loader pinned
-            # them); lengths stay on the host, where dense.py checks them for the one-hot path
-            device = self.hot.weight.device
-            weights = None if ids.weights is None else ids.weights.to(device, non_blocking=True)
-            ids = JaggedFeatures(ids.keys, ids.values.to(device, non_blocking=True), ids.lengths, ids.batch_size, weights)
-            out = self.hot(ids)
-            tier = HOT
+            out = self._hot_forward(ids)
         else:
             if isinstance(features, HotIds):
                 raise ValueError("a batch of hot-table ids (HotIds) runs in hot training mode only")
             if not self.training:
                 self.sync()  # evaluation reads the full tables
             out = self.full(features)
-            tier = COLD
-        if self.training and torch.is_grad_enabled():
-            self._pending_tiers.add(tier)
+            self._touched(COLD)
         return out.to(self.output_device)
 
+    def _hot_forward(self, ids: JaggedFeatures) -> torch.Tensor:
+        """Tiered features from the hot table (their ids already hot-local), the others from the full tables."""
+        parts = []
+        if self.hot is not None:
+            part = ids.select(self.hot.feature_names)
+            # ids to the hot table's device without waiting (a no-op copy when the loader pinned
+            # them); lengths stay on the host, where dense.py checks them for the one-hot path
+            device = self.hot.weight.device
+            weights = None if part.weights is None else part.weights.to(device, non_blocking=True)
+            part = JaggedFeatures(part.keys, part.values.to(device, non_blocking=True), part.lengths,
+                                  part.batch_size, weights)
+            parts.append(self.hot(part).to(self.output_device))
+            self._touched(HOT)
+        if self._rest_features:
+            parts.append(self.full(ids.select(self._rest_features)).to(self.output_device))
+            self._touched(REST)
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat(parts, 1).index_select(1, self._unsplit.to(self.output_device))
+
+    def _touched(self, tier: str) -> None:
+        if self.training and torch.is_grad_enabled():
+            self._pending_tiers.add(tier)
+
+    def sequences(self, features: JaggedFeatures, max_length: int):
+        """From the full tables in both modes: a table with a sequence feature is never tiered."""
+        if isinstance(features, HotIds):
+            raise ValueError("sequence features are read with their raw ids, not a HotIds batch")
+        if not self.training:
+            self.sync()
+        out = self.full.sequences(features, max_length)
+        self._touched(REST if self.mode == HOT else COLD)
+        return {name: type(seq)(seq.values.to(self.output_device), seq.lengths.to(self.output_device))
+                for name, seq in out.items()}
+
     def hot_ids(self, features: JaggedFeatures, pin: bool = False) -> HotIds:
-        """The batch with every id replaced by its index in the hot table (all must be hot), for
-        a hot-mode forward. Reads only state fixed at construction, so a loader thread may call it;
-        `pin`: in page-locked memory (when CUDA is available), for an asynchronous copy."""
+        """The batch with every id of a tiered table replaced by its index in the hot table (all
+        must be hot), for a hot-mode forward. Reads only state fixed at construction, so a loader
+        thread may call it; `pin`: in page-locked memory (when CUDA is available), for an
+        asynchronous copy."""
         local = self._to_hot(features)
         values, lengths, weights = local.values, local.lengths, local.weights
         if pin and torch.cuda.is_available():
@@ -325,16 +364,20 @@ class TieredEmbeddingCollection(EmbeddingCollection):
         return HotIds(local.keys, values, lengths, local.batch_size, weights)
 
     def _to_hot(self, features: JaggedFeatures) -> JaggedFeatures:
-        """The batch with every id replaced by its index in the hot table (all must be hot)."""
-        features = self.full._in_order(features)
+        """The batch with every id of a tiered table replaced by its index in the hot table (all must
+        be hot); the ids of the other tables stay as they are."""
+        features = features.select(self.feature_names)
         num_features, batch = len(self.feature_names), features.batch_size
         per_feature = features.lengths.view(num_features, batch).sum(1).cpu()
         feature_of_value = torch.repeat_interleave(torch.arange(num_features), per_feature)
         values = features.values.cpu()
         if self._any_fold:
-            values = torch.remainder(values, self._feature_rows[feature_of_value])
-        local = self._remap[values + self._feature_offset[feature_of_value]]
-        missing = local < 0
+            rows = self._feature_rows[feature_of_value]
+            values = torch.where(rows > 0, torch.remainder(values, rows.clamp(min=1)), values)
+        tiered = self._feature_tiered[feature_of_value]
+        logical = torch.where(tiered, values + self._feature_offset[feature_of_value], 0)
+        local = torch.where(tiered, self._remap[logical].long(), features.values.cpu())
+        missing = tiered & (self._remap[logical] < 0)
         if bool(missing.any()):
             first = int(missing.nonzero()[0, 0])
             name = self.feature_names[int(feature_of_value[first])]
@@ -348,13 +391,15 @@ class TieredEmbeddingCollection(EmbeddingCollection):
         if HOT in self._pending_tiers:
             self.hot.apply_gradients(lr)
             self._full_current = False
-        if COLD in self._pending_tiers:
+        if COLD in self._pending_tiers or REST in self._pending_tiers:
             self.full.apply_gradients(lr)
-            self._hot_current = False
+            if COLD in self._pending_tiers:
+                self._hot_current = False
         self._pending_tiers.clear()
 
     def discard_gradients(self) -> None:
-        self.hot.discard_gradients()
+        if self.hot is not None:
+            self.hot.discard_gradients()
         self.full.discard_gradients()
         self._pending_tiers.clear()
 
@@ -365,45 +410,58 @@ class TieredEmbeddingCollection(EmbeddingCollection):
         if self.mode == HOT:
             self.sync_to_hot()
 
-    def table_weight(self, name: str) -> torch.Tensor:
-        """A view of one full table's rows, after `sync()`."""
+    # --- logical state: the full tables' ----------------------------------------------------
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.full.dtype
+
+    def table_state(self, name: str) -> TableState:
         self.sync()
-        return self.full.table_weight(name)
+        return self.full.table_state(name)
 
-    # --- placement and checkpoints -----------------------------------------------------------
+    def load_table_state(self, name: str, state: TableState) -> None:
+        self.full.load_table_state(name, state)
+        self._full_current = True
+        if name in self._hot_rows:
+            self._hot_current = False
 
-    def _apply(self, fn, recurse=True):
-        """Dtype conversions apply; device moves do not (each tier stays where it was built)."""
+    def read_rows(self, name: str, rows: torch.Tensor) -> TableState:
+        self.sync()
+        return self.full.read_rows(name, rows)
 
-        def in_place(t: torch.Tensor) -> torch.Tensor:
-            probe = fn(t.new_empty(0))
-            return fn(t) if probe.device == t.device else t.to(dtype=probe.dtype)
+    def write_rows(self, name: str, rows: torch.Tensor, state: TableState) -> None:
+        self.sync()
+        self.full.write_rows(name, rows, state)
+        if name in self._hot_rows:
+            self._hot_current = False
 
-        return super()._apply(in_place, recurse)
+    def table_weight(self, name: str) -> torch.Tensor:
+        """One full table's rows, after `sync()`."""
+        return self.table_state(name).weight
 
-
-def _sync_before_saving(module: TieredEmbeddingCollection, prefix: str, keep_vars: bool) -> None:
-    module.sync()
-
-
-def _plain_keys(module: TieredEmbeddingCollection, state_dict: dict, prefix: str, local_metadata: dict) -> None:
-    """Save the full tables under the plain collection's keys (prefix + weight, ...)."""
-    inner = prefix + "full."
-    for key in [k for k in state_dict if k.startswith(inner)]:
-        state_dict[prefix + key[len(inner) :]] = state_dict.pop(key)
+    def place(self, device: torch.device | str) -> None:
+        """The tiers stay where they were built; the output goes where the model computes."""
+        self.output_device = torch.device(device)
 
 
-def _full_keys(module: TieredEmbeddingCollection, state_dict: dict, prefix: str, *args: Any) -> None:
-    """Load the plain collection's keys into the full tables."""
-    for name in module.full.state_dict():
-        if prefix + name in state_dict:
-            state_dict[prefix + "full." + name] = state_dict.pop(prefix + name)
+@register("tiered", serves_as="dense")
+def build(tables: list[TableConfig], placement: Placement) -> TieredEmbeddingCollection:
+    """FAE: plain full tables in CPU memory (the hot tier is the fast memory), the hot rows on the
+    hot device, the output where the model computes."""
+    if placement.hot_rows is None:
+        raise ConfigError("embeddings kind tiered (FAE) needs a hot/cold partition: set fae.budget")
+    device = torch.device(placement.device)
+    on_meta = device.type == "meta"  # sizing a model: nothing is allocated, no tier is real
+    full = build_collection(tables, Placement(optimizer=placement.optimizer, device=device if on_meta else "cpu"))
+    hot_device = device if on_meta else placement.hot_device
+    return TieredEmbeddingCollection(full, placement.hot_rows, hot_device=hot_device, output_device=device)
 
 
 def _after_loading(module: TieredEmbeddingCollection, incompatible_keys: Any) -> None:
     module.discard_gradients()
-    module._full_current, module._hot_current = True, False
-    if module.mode == HOT:
+    module._full_current = True
+    if module.mode == HOT and not module._hot_current:
         module.sync_to_hot()
 
 

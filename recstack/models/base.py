@@ -18,7 +18,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from recstack.config import ModelConfig
 from recstack.data.batch import Batch
 from recstack.data.store import SparseFeature
-from recstack.embeddings import DenseEmbeddingCollection, EmbeddingCollection, SparseOptimizerConfig, TableConfig
+from recstack.embeddings import EmbeddingCollection, SparseOptimizerConfig, TableConfig
+from recstack.embeddings.base import embedding_collections
+from recstack.embeddings.plan import Placement, build_collection
 from recstack.errors import ConfigError
 
 
@@ -61,7 +63,13 @@ class ModelContext:
     layout: DataLayout
     optimizer: SparseOptimizerConfig = field(default_factory=SparseOptimizerConfig)
     device: torch.device | str = "cpu"
-    """Where tables are allocated ("meta" to describe a model without its memory)."""
+    """Where the model computes ("meta" to describe a model without its memory)."""
+    placement: Placement | None = None
+    """The plan for the model's collections (default: dense tables on `device` with `optimizer`)."""
+
+    def __post_init__(self) -> None:
+        if self.placement is None:
+            self.placement = Placement(device=self.device, optimizer=self.optimizer)
 
     def tables(self, dim: int, features: list[str] | None = None, sequences: bool = True) -> list[TableConfig]:
         """One table per distinct table name among `features` (default: all pooled ones, plus the
@@ -79,8 +87,10 @@ class ModelContext:
             for table, (rows, pooled, sequence) in grouped.items()
         ]
 
-    def embeddings(self, tables: list[TableConfig]) -> EmbeddingCollection:
-        return DenseEmbeddingCollection(tables, self.optimizer, device=self.device)
+    def embeddings(self, tables: list[TableConfig], role: str = "main") -> EmbeddingCollection:
+        """The collection the plan gives `role` (a model with several collections names each: the
+        config's embeddings.collections can place them apart)."""
+        return build_collection(tables, self.placement, role)
 
     def require(self, *, dense: bool = False, pooled: int = 0, sequences: bool = False, single_task: bool = False,
                 model: str = "", hint: str = "") -> None:
@@ -151,9 +161,7 @@ class RecModel(nn.Module):
 
     def discard_gradients(self) -> None:
         for collection in self.embedding_collections():
-            discard = getattr(collection, "discard_gradients", None)
-            if discard is not None:
-                discard()
+            collection.discard_gradients()
 
     def measured_flops_per_sample(self, batch: Batch) -> float:
         """Forward FLOPs per sample counted by torch's FLOP counter on a real batch (matmuls,
@@ -207,12 +215,4 @@ def family_modules(model: nn.Module) -> dict[str, str]:
     return found
 
 
-def embedding_collections(module: nn.Module) -> list[EmbeddingCollection]:
-    """The outermost collections of a module (a tiered collection's own tiers are its business)."""
-    found = []
-    for child in module.children():
-        if isinstance(child, EmbeddingCollection):
-            found.append(child)
-        else:
-            found.extend(embedding_collections(child))
-    return found
+__all__ = ["DataLayout", "ModelContext", "RecModel", "embedding_collections", "family_modules", "FAMILIES"]

@@ -4,6 +4,7 @@ FM second order) and the wide (first-order linear) part over sparse ids and dens
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -198,14 +199,17 @@ class WideLinear(nn.Module):
         self.embeddings = embeddings
         self.outputs = embeddings.tables[0].embedding_dim
         self.dense = nn.Linear(num_dense, self.outputs)
-        # A linear model starts at zero. The tables' random init (U(+-sqrt(1/rows))) would give every
-        # id a fixed noise logit to unlearn first; on the Criteo sample's small vocabularies that costs
-        # Wide & Deep 0.008 validation AUC.
+        # A linear model starts at zero, its tables too (init "zeros", which `wide_linear` asks for;
+        # a collection built otherwise is re-initialized by that spec). The tables' random init
+        # (U(+-sqrt(1/rows))) would give every id a fixed noise logit to unlearn first; on the Criteo
+        # sample's small vocabularies that costs Wide & Deep 0.008 validation AUC.
         with torch.no_grad():
             self.dense.weight.zero_()
             self.dense.bias.zero_()
-            for table in embeddings.tables:
-                embeddings.table_weight(table.name).zero_()
+        if any(t.init != "zeros" for t in embeddings.tables):
+            for t in embeddings.tables:
+                t.init = "zeros"
+            embeddings.reset_parameters()
 
     def forward(self, dense: torch.Tensor, sparse: JaggedFeatures) -> torch.Tensor:
         return self.dense(dense) + self.embeddings(sparse).sum(1)
@@ -217,4 +221,5 @@ class WideLinear(nn.Module):
 def wide_linear(ctx: ModelContext, outputs: int = 1) -> WideLinear:
     """The wide part over every pooled sparse feature and every dense feature of the context's data,
     its per-id weights in tables of width `outputs` that the context places."""
-    return WideLinear(ctx.embeddings(ctx.tables(outputs, sequences=False)), len(ctx.layout.dense))
+    tables = [replace(t, init="zeros") for t in ctx.tables(outputs, sequences=False)]
+    return WideLinear(ctx.embeddings(tables, role="wide"), len(ctx.layout.dense))

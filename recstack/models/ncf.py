@@ -64,7 +64,7 @@ def build(ctx: ModelContext) -> NeuMF:
             f"(it has: {', '.join(ctx.layout.pooled) or 'none'})"
         )
     features = [USER, ITEM]
-    mf = ctx.embeddings(ctx.tables(m.mf_dim or m.embedding_dim, features=features))
-    mlp = ctx.embeddings(ctx.tables(m.embedding_dim, features=features))
+    mf = ctx.embeddings(ctx.tables(m.mf_dim or m.embedding_dim, features=features), role="gmf")
+    mlp = ctx.embeddings(ctx.tables(m.embedding_dim, features=features), role="mlp")
     return NeuMF(mf, mlp, tower=m.top_mlp, dropout=m.dropout)
 

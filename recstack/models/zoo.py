@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from recstack.config import apply_preset as apply_preset  # re-exported: the pre
 from recstack.data.batch import Batch
 from recstack.data.store import Schema, SparseFeature
 from recstack.embeddings import SparseOptimizerConfig
+from recstack.embeddings.plan import Placement, parse_collections
 from recstack.errors import ConfigError
 from recstack.memory import require_memory
 from recstack.models.base import DataLayout, ModelContext, RecModel
@@ -68,24 +70,42 @@ def builder(name: str):
     return getattr(importlib.import_module(module), function)
 
 
-def build_model(config: Config, schema: Schema, device: torch.device | str = "cpu") -> RecModel:
-    layout, sparse_optimizer = data_layout(config, schema), sparse_optimizer_config(config.train)
+def placement(config: Config, device: torch.device | str = "cpu", hot_rows: Any = None,
+              inference: bool = False) -> Placement:
+    """The plan of the config's `embeddings:` section for a model computing on `device`; `hot_rows`:
+    FAE's partition (kind tiered); `inference`: training-only kinds replaced by the kinds that serve them."""
+    e = config.embeddings
+    plan = Placement(kind=e.kind, collections=parse_collections(e.collections), device=device,
+                     optimizer=sparse_optimizer_config(config.train), hot_rows=hot_rows,
+                     hot_device=None if config.fae.hot_device == "auto" else config.fae.hot_device)
+    return plan.for_inference() if inference else plan
+
+
+def build_model(config: Config, schema: Schema, device: torch.device | str = "cpu", *, hot_rows: Any = None,
+                inference: bool = False) -> RecModel:
+    """The config's model for the schema's data, its tables placed by the config's plan (see `placement`),
+    refused with one line when it would not fit in memory."""
+    layout, plan = data_layout(config, schema), placement(config, device, hot_rows, inference)
     build = builder(config.model.name)
     if torch.device(device).type == "cpu":
         require_memory(
-            training_bytes(build(ModelContext(config.model, layout, sparse_optimizer, "meta"))),
+            training_bytes(build(ModelContext(config.model, layout, placement=replace(plan, device="meta")))),
             f"model {config.model.name} (preset {config.model.preset}, scale {config.model.scale:g})",
             hint="lower --model.scale, or train on a machine with more memory",
         )
-    return build(ModelContext(config.model, layout, sparse_optimizer, device))
+    return build(ModelContext(config.model, layout, placement=plan))
 
 
 def training_bytes(model: RecModel) -> int:
     """A floor on what training the model holds in memory: its tables with their optimizer state
-    (buffers), and its dense parameters with a gradient and up to two optimizer moments (Adam).
-    Exact on a model built on the "meta" device, which allocates nothing."""
-    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
-    return buffers + 4 * sum(p.numel() * p.element_size() for p in model.parameters())
+    (each collection's `memory_bytes`), its other buffers, and its dense parameters with a gradient
+    and up to two optimizer moments (Adam). Exact on a model built on the "meta" device, which
+    allocates nothing."""
+    collections = model.embedding_collections()
+    held = {id(b) for c in collections for b in c.buffers()}
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers() if id(b) not in held)
+    tables = sum(c.memory_bytes() for c in collections)
+    return tables + buffers + 4 * sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def describe(model: RecModel, batch: Batch | None = None) -> dict[str, Any]:

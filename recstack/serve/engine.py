@@ -32,6 +32,7 @@ from recstack.argtypes import int_in
 from recstack.config import Config
 from recstack.data.batch import Batch
 from recstack.data.store import Schema
+from recstack.embeddings.base import place
 from recstack.errors import ConfigError, RecstackError
 from recstack.serve.batching import BatchQueue, RowSlicer, SubRequest, merge_rows, split_bounds
 from recstack.serve.candidates import CandidatePool
@@ -266,7 +267,7 @@ class InferenceEngine:
         threads = self.threads_per_worker
         if device == "cuda":  # one copy of the model on the GPU, shared by the pool's threads
             make: Callable[[], ThreadRunner | ProcessRunner] = partial(
-                ThreadRunner, copy.deepcopy(self.model).to("cuda").eval(), "cuda", threads)
+                ThreadRunner, place(copy.deepcopy(self.model), "cuda").eval(), "cuda", threads)
         elif self.config.mode == "process":
             make = partial(ProcessRunner, self.model, threads)
         else:

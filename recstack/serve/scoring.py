@@ -17,6 +17,7 @@ import torch
 from recstack import checkpoint
 from recstack.data.batch import Batch, JaggedFeatures
 from recstack.data.store import Dataset
+from recstack.embeddings.base import place
 from recstack.errors import CheckpointError, DataError
 from recstack.progress import console, is_quiet
 from recstack.report import new_report, write_report
@@ -39,7 +40,7 @@ class ScoringModel:
         self.device = torch.device(device)
         checkpoint.load_state(self.model, payload["model"], self.path)
         checkpoint.require_finite(payload["model"], self.path)
-        self.model.to(self.device).eval()
+        place(self.model, self.device).eval()
         self.step = payload["trainer"].get("step")
 
     @torch.no_grad()

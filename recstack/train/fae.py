@@ -28,6 +28,7 @@ from recstack.data.hotcold import HotCold
 from recstack.data.loader import IndexBatchLoader
 from recstack.data.store import Dataset
 from recstack.embeddings.tiered import COLD, HOT, TieredEmbeddingCollection
+from recstack.train.pipeline import TrainStep
 
 __all__ = ["COLD", "HOT", "FAEBatches", "FAESchedule", "IndexBatchLoader", "fae_train_epoch"]
 
@@ -131,11 +132,12 @@ class FAEBatches:
         self.hot = IndexBatchLoader(dataset, _within(hot_inputs, rows), batch_size, stream=self.HOT_STREAM, **common)
         self.cold = IndexBatchLoader(dataset, _within(cold_inputs, rows), batch_size, stream=self.COLD_STREAM, **common)
 
-    def prepare_for(self, collection: TieredEmbeddingCollection, pin: bool = False) -> None:
+    def prepare_for(self, collection: TieredEmbeddingCollection | None, pin: bool = False) -> None:
         """Build each hot batch's hot-table ids (`collection.hot_ids`) on the loader thread, off the
-        training step, and with `pin` put the batches in page-locked memory for asynchronous copies.
-        The batches' contents are unchanged otherwise; hot batches then run in hot mode only."""
-        self.hot.transform = partial(_prepared, collection, pin)
+        training step (None: leave the ids raw, each collection remaps its own), and with `pin` put
+        the batches in page-locked memory for asynchronous copies. The batches' contents are
+        unchanged otherwise; hot batches with hot ids then run in hot mode only."""
+        self.hot.transform = partial(_prepared, collection, pin) if collection is not None or pin else None
         self.cold.transform = partial(_prepared, None, pin) if pin else None
 
     @property
@@ -205,21 +207,16 @@ def fae_train_epoch(
     before = (collection.switches, collection.syncs, collection.bytes_synced)
     losses, kinds = [], {HOT: 0, COLD: 0}
     model.train()
-    step = start_step
+    step = TrainStep(model, optimizer, device, loss=loss_fn)
+    n = start_step
     for kind, batch in _scheduled(batches, schedule, epoch):
         collection.set_mode(kind)
-        dense, labels = batch.dense.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(Batch(dense, batch.sparse, labels)), labels)
-        loss.backward()
-        optimizer.step()
-        collection.apply_gradients(lr_fn(step))
-        losses.append(loss.detach())
+        losses.append(step(batch, lr_fn(n)))
         kinds[kind] += 1
-        step += 1
+        n += 1
     collection.sync()
     return {
-        "steps": step - start_step,
+        "steps": n - start_step,
         "hot_steps": kinds[HOT],
         "cold_steps": kinds[COLD],
         "loss": float(torch.stack(losses).mean()) if losses else None,

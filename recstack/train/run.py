@@ -16,7 +16,7 @@ from recstack.errors import ConfigError
 from recstack.models.zoo import build_model, describe
 from recstack.progress import console, is_quiet, say
 from recstack.report import check_output_path, new_report, write_report
-from recstack.train.trainer import Trainer
+from recstack.train.trainer import Trainer, resolve_device
 
 
 def cache_dir() -> Path:
@@ -53,23 +53,21 @@ def open_dataset(config: Config) -> Dataset:
     return Dataset(synthetic_dataset(config))
 
 
-def enable_fae(config: Config, dataset: Dataset, model):
-    """Swap the model's tables for FAE's tiers: the hot/cold partition of the dataset for this
-    budget (built once and stored with the dataset; rebuilt when its parameters differ)."""
+def fae_partition(config: Config, dataset: Dataset):
+    """FAE's hot/cold partition of the dataset for the config's budget (built once and stored with the
+    dataset; rebuilt when its parameters differ). The budget is sized on model.embedding_dim rows and
+    the sparse optimizer's state; every tiered collection takes its tables' hot rows from it."""
     from recstack.data.hotcold import build_hot_cold, load_hot_cold, parse_bytes, parse_fraction
-    from recstack.embeddings.tiered import TieredEmbeddingCollection
+    from recstack.embeddings import SparseOptimizerConfig
     from recstack.errors import DataError
-    from recstack.train.trainer import resolve_device
 
-    emb = model.embeddings
-    if len(model.embedding_collections()) != 1 or emb.sequence_names:
-        raise ConfigError(f"FAE tiers one collection of pooled tables; model {config.model.name} has "
-                          f"{len(model.embedding_collections())} collection(s) and {len(emb.sequence_names)} sequence feature(s)")
+    dim = config.model.embedding_dim
+    state_floats = SparseOptimizerConfig(kind=config.train.sparse_optimizer).state_floats_per_row(dim)
     wanted = {
         "budget_bytes": parse_bytes(config.fae.budget),
         "sample": parse_fraction(config.fae.sample),
-        "dim": emb.dim,
-        "state_bytes_per_row": 4 * emb.optimizer.state_floats_per_row(emb.dim),
+        "dim": dim,
+        "state_bytes_per_row": 4 * state_floats,
         "seed": config.seed,
     }
     try:
@@ -81,16 +79,50 @@ def enable_fae(config: Config, dataset: Dataset, model):
         hotcold, stale = None, True
     if stale:
         say(f"FAE: profiling {wanted['sample']:.0%} of the inputs for a {config.fae.budget} hot set")
-        build_hot_cold(dataset.path, wanted["budget_bytes"], sample=wanted["sample"], dim=emb.dim,
+        build_hot_cold(dataset.path, wanted["budget_bytes"], sample=wanted["sample"], dim=dim,
                        state_bytes_per_row=wanted["state_bytes_per_row"], split=config.data.train_split,
                        seed=config.seed, show_progress=not is_quiet())
         hotcold = load_hot_cold(dataset.path)
-    hot_device = None if config.fae.hot_device == "auto" else config.fae.hot_device
-    model.embeddings = TieredEmbeddingCollection(emb, hotcold, hot_device=hot_device,
-                                                 output_device=resolve_device(config.train.device))
-    say(f"FAE: {hotcold.num_hot_rows:,} hot rows on {model.embeddings.hot_device}, "
-        f"{hotcold.hot_input_fraction:.1%} of the inputs all-hot")
     return hotcold
+
+
+def tiered_collections(model) -> list:
+    from recstack.embeddings.tiered import TieredEmbeddingCollection
+
+    return [c for c in model.embedding_collections() if isinstance(c, TieredEmbeddingCollection)]
+
+
+def describe_tiers(model, hotcold) -> None:
+    tiers = tiered_collections(model)
+    hot_rows = sum(c.num_hot_rows for c in tiers)
+    where = ", ".join(sorted({str(c.hot_device) for c in tiers}))
+    say(f"FAE: {hot_rows:,} hot rows on {where}, {hotcold.hot_input_fraction:.1%} of the inputs all-hot")
+    untiered = {name: why for c in tiers for name, why in c.untiered.items()}
+    if untiered:
+        reasons = "; ".join(f"{why}: {', '.join(sorted(n for n, w in untiered.items() if w == why))}"
+                            for why in sorted(set(untiered.values())))
+        say(f"FAE: {len(untiered)} table(s) stay on the full tier only ({reasons})")
+
+
+def fae_report(model, trainer, hotcold, config: Config) -> dict[str, Any]:
+    """The report's `fae` section: the partition, the tiers' counters (summed over collections), the time split."""
+    state, tiers = trainer.state, tiered_collections(model)
+    counters = {key: sum(c.stats()[key] for c in tiers) for key in ("hot_rows", "hot_bytes", "switches", "syncs",
+                                                                    "bytes_synced")}
+    return {
+        "hot_input_fraction": trainer.fae_batches.hot_input_fraction,
+        "budget": hotcold.summary.get("budget"),
+        "sample": hotcold.summary.get("sample"),
+        "switch_period": config.fae.switch_period or None,
+        "mode": tiers[0].mode,
+        "hot_device": str(tiers[0].hot_device),
+        **counters,
+        "untiered_tables": {name: why for c in tiers for name, why in c.untiered.items()},
+        "hot_seconds": state.seconds_by_kind.get("hot", 0.0),
+        "cold_seconds": state.seconds_by_kind.get("cold", 0.0),
+        "hot_steps": state.steps_by_kind.get("hot", 0),
+        "cold_steps": state.steps_by_kind.get("cold", 0),
+    }
 
 
 def default_run_dir() -> Path:
@@ -118,8 +150,10 @@ def train(
     run_dir = Path(run_dir) if run_dir else (Path(report_path).parent if report_path else default_run_dir())
     if config.train.checkpoint_every and checkpoint_dir is None:
         raise ConfigError("train.checkpoint_every needs --checkpoint-dir (where to write the checkpoints)")
-    model = build_model(config, dataset.schema)
-    hotcold = enable_fae(config, dataset, model) if config.fae.budget else None
+    hotcold = fae_partition(config, dataset) if config.fae.budget else None
+    model = build_model(config, dataset.schema, resolve_device(config.train.device), hot_rows=hotcold)
+    if hotcold is not None:
+        describe_tiers(model, hotcold)
     trainer = Trainer(config, dataset, model, run_dir=run_dir, checkpoint_dir=checkpoint_dir, hotcold=hotcold)
     if resume:
         trainer.resume()
@@ -162,17 +196,7 @@ def train(
         }
     )
     if hotcold is not None:
-        report["fae"] = {
-            "hot_input_fraction": trainer.fae_batches.hot_input_fraction,
-            "budget": hotcold.summary.get("budget"),
-            "sample": hotcold.summary.get("sample"),
-            "switch_period": config.fae.switch_period or None,
-            **model.embeddings.stats(),
-            "hot_seconds": state.seconds_by_kind.get("hot", 0.0),
-            "cold_seconds": state.seconds_by_kind.get("cold", 0.0),
-            "hot_steps": state.steps_by_kind.get("hot", 0),
-            "cold_steps": state.steps_by_kind.get("cold", 0),
-        }
+        report["fae"] = fae_report(model, trainer, hotcold, config)
     if compared:
         report["baselines"] = run_baselines(compared, config, dataset, trainer)
     report_path = Path(report_path) if report_path else run_dir / "report.json"

@@ -8,9 +8,9 @@ that never stopped.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +25,12 @@ from recstack.config import Config, TrainConfig
 from recstack.data.batch import Batch
 from recstack.data.loader import BatchLoader
 from recstack.data.store import Dataset
+from recstack.embeddings.base import embedding_collections, place
+from recstack.embeddings.tiered import TieredEmbeddingCollection
 from recstack.errors import CheckpointError, ConfigError
 from recstack.progress import progress_bar, say
 from recstack.scoring.evaluate import evaluate_rows
+from recstack.train.pipeline import TrainStep
 
 # settings that must not change between a run and its --resume (epochs, max_steps, eval and
 # checkpoint cadence may: they only extend or observe the run)
@@ -139,21 +142,24 @@ class Trainer:
         checkpoint_dir: str | Path | None = None,
         hotcold=None,
     ):
-        """`hotcold`: a hot/cold partition (recstack.data.hotcold) when the model's embeddings are
-        a TieredEmbeddingCollection: training then runs FAE's all-hot / all-cold batches."""
+        """`hotcold`: a hot/cold partition (recstack.data.hotcold) when the model's tables are on
+        FAE's tiers (TieredEmbeddingCollection): training then runs all-hot / all-cold batches.
+        The dense layers go to train.device; each collection places its own rows for that."""
         self.config = config
         self.train_cfg = config.train
         self.dataset = dataset
         self.device = resolve_device(config.train.device)
-        self.model = model.to(self.device)
+        self.model = place(model, self.device)
         self.optimizer = dense_optimizer(self.model, config.train)
+        self.step = TrainStep(self.model, self.optimizer, self.device)
         self.run_dir = Path(run_dir) if run_dir else None
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         if self.checkpoint_dir is not None and self.checkpoint_dir.exists() and not self.checkpoint_dir.is_dir():
             # found now, not when the first checkpoint is written (or resumed from) after the training
             raise ConfigError(f"--checkpoint-dir {self.checkpoint_dir} is a file; give a directory for the checkpoints")
         self.state = TrainState()
-        self._best_model_state: dict[str, torch.Tensor] | None = None
+        self._best_path: Path | None = None  # where the best model is kept (a file, not a copy in memory)
+        self._scratch: tempfile.TemporaryDirectory | None = None
         self._metrics_log = None
         self._resumed = False
 
@@ -182,8 +188,13 @@ class Trainer:
         # FAE: all-hot and all-cold batches from the partition's pools, in the schedule's order
         self.fae_batches = None
         self.steps_per_epoch = len(self.loader)
+        self.tiers = [c for c in embedding_collections(self.model) if isinstance(c, TieredEmbeddingCollection)]
+        self.batch_kind: str | None = None  # FAE: the tier of the batch in hand
         if hotcold is not None:
             from recstack.train.fae import FAEBatches
+
+            if not self.tiers:
+                raise ConfigError("a hot/cold partition was given but no table of the model is on FAE's tiers")
 
             self.fae_batches = FAEBatches(
                 dataset, hotcold, rows=self.train_rows, batch_size=config.train.batch_size,
@@ -198,13 +209,13 @@ class Trainer:
 
     # --- checkpoints -------------------------------------------------------------------------
 
-    def _payload(self, model_state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    def _payload(self) -> dict[str, Any]:
         vocab = {name: self.dataset.vocab(name) for name in self.dataset.schema.vocab}
         return {
             "config": self.config.to_dict(),
             "schema": self.dataset.schema.to_json(),
             "vocab": checkpoint.vocab_to_tensors({k: v for k, v in vocab.items() if v is not None}),
-            "model": model_state if model_state is not None else self.model.state_dict(),
+            "model": self.model.state_dict(),
             "dense_optimizer": self.optimizer.state_dict(),
             "trainer": self.state.to_dict(),
             "rng": torch.get_rng_state(),
@@ -216,6 +227,18 @@ class Trainer:
         path = checkpoint.save(self.checkpoint_dir / checkpoint.checkpoint_name(self.state.step), self._payload())
         checkpoint.prune(self.checkpoint_dir, self.train_cfg.keep_checkpoints)
         return path
+
+    def _keep_best(self) -> None:
+        """Write the model as it is now as the best one: best.pt beside the checkpoints (a whole
+        checkpoint, which `--resume` reads back), else a scratch file; never a copy in memory."""
+        if self.checkpoint_dir is not None:
+            self._best_path = self.checkpoint_dir / checkpoint.BEST
+            checkpoint.save(self._best_path, self._payload())
+            return
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="recstack-best-")
+        self._best_path = Path(self._scratch.name) / checkpoint.BEST
+        checkpoint.save(self._best_path, {"model": self.model.state_dict()})
 
     def resume(self) -> bool:
         """Load the latest checkpoint of checkpoint_dir; False when there is none yet."""
@@ -235,7 +258,7 @@ class Trainer:
             raise CheckpointError(f"checkpoint {path}: its RNG state is damaged ({exc})") from None
         best = self.checkpoint_dir / checkpoint.BEST
         if self.state.best_step >= 0 and best.is_file():
-            self._best_model_state = checkpoint.load(best, map_location=self.device, require=("model",))["model"]
+            self._best_path = best
         self._resumed = True
         say(f"resumed from {path.name}: epoch {self.state.epoch}, step {self.state.step}")
         return True
@@ -279,19 +302,8 @@ class Trainer:
             group["lr"] = self.train_cfg.lr * factor
         return self.train_cfg.sparse_lr * factor
 
-    def train_step(self, batch) -> torch.Tensor:
-        sparse_lr = self._set_lr()
-        if self.fae_batches is None:
-            batch = batch.to(self.device, non_blocking=True)
-        else:  # the tiered collection reads the ids where its tier lives
-            dense, labels = batch.dense.to(self.device, non_blocking=True), batch.labels.to(self.device, non_blocking=True)
-            batch = Batch(dense, batch.sparse, labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss, _ = self.model.training_loss(batch)
-        loss.backward()
-        self.optimizer.step()
-        self.model.apply_gradients(sparse_lr)
-        return loss.detach()
+    def train_step(self, batch: Batch) -> torch.Tensor:
+        return self.step(batch, self._set_lr())
 
     def _evaluate_periodic(self) -> bool:
         """Evaluate on validation (or test when there is none); True when training should stop."""
@@ -313,9 +325,7 @@ class Trainer:
             self.state.best_step = self.state.step
             self.state.evals_since_best = 0
             if self.train_cfg.early_stopping_patience:
-                self._best_model_state = copy.deepcopy(self.model.state_dict())
-                if self.checkpoint_dir is not None:
-                    checkpoint.save(self.checkpoint_dir / checkpoint.BEST, self._payload(self._best_model_state))
+                self._keep_best()
         else:
             self.state.evals_since_best += 1
         patience = self.train_cfg.early_stopping_patience
@@ -328,9 +338,12 @@ class Trainer:
             yield from self.loader.epoch(epoch, start_batch=start)
             return
         if self.fae_batches.hot.transform is None:  # hot ids remapped (and batches pinned) on the loader thread
-            self.fae_batches.prepare_for(self.model.embeddings, pin=self.device.type == "cuda")
+            # (a batch can carry one collection's hot ids: with several tiered collections each remaps its own)
+            self.fae_batches.prepare_for(self.tiers[0] if len(self.tiers) == 1 else None, pin=self.device.type == "cuda")
         for kind, batch in self.fae_batches.epoch(epoch, self.schedule, start=start):
-            self.model.embeddings.set_mode(kind)
+            for tiers in self.tiers:
+                tiers.set_mode(kind)
+            self.batch_kind = kind
             yield batch
 
     def _finished(self) -> bool:
@@ -357,7 +370,7 @@ class Trainer:
                     now = time.perf_counter()
                     s.train_seconds += now - last
                     if self.fae_batches is not None:
-                        kind = self.model.embeddings.mode
+                        kind = self.batch_kind
                         s.seconds_by_kind[kind] = s.seconds_by_kind.get(kind, 0.0) + now - last
                         s.steps_by_kind[kind] = s.steps_by_kind.get(kind, 0) + 1
                     window.add(loss, batch.batch_size, now - last)
@@ -383,9 +396,13 @@ class Trainer:
                 else:  # the loader ran dry before len(loader) batches: count the epoch as over
                     self.state.epoch += 1
                     self.state.batch_in_epoch = 0
-        if self._best_model_state is not None and cfg.early_stopping_patience:
-            self.model.load_state_dict(self._best_model_state)
+        if self._best_path is not None and cfg.early_stopping_patience:
+            best = checkpoint.load(self._best_path, map_location=self.device, require=("model",))
+            checkpoint.load_state(self.model, best["model"], self._best_path)
             say(f"kept the best model: step {self.state.best_step}, val auc {self.state.best_auc:.4f}")
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
         final = self.save_checkpoint()
         if self._metrics_log is not None:
             self._metrics_log.close()
