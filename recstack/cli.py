@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import contextmanager
 from typing import Any
 
 from recstack.argtypes import nonnegative_int, positive_int, seed
@@ -57,13 +56,13 @@ def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
 
 def cmd_prepare_criteo(args: argparse.Namespace, extra: list[str]) -> int:
     from recstack.data.prepare import prepare_criteo
-    from recstack.data.report import finish_data_command
+    from recstack.data.report import finish_data_command, report_on_data_error
 
     _no_extra(extra)
     kwargs: dict[str, Any] = {}
     if args.vocab_min_count is not None:
         kwargs["vocab_min_count"] = args.vocab_min_count
-    with _report_on_data_error("data prepare criteo", args.report):
+    with report_on_data_error("data prepare criteo", args.report):
         report = prepare_criteo(
             args.input,
             args.out,
@@ -79,11 +78,11 @@ def cmd_prepare_criteo(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_prepare_table(args: argparse.Namespace, extra: list[str]) -> int:
-    from recstack.data.report import finish_data_command
+    from recstack.data.report import finish_data_command, report_on_data_error
     from recstack.data.table import prepare_table
 
     _no_extra(extra)
-    with _report_on_data_error("data prepare table", args.report):
+    with report_on_data_error("data prepare table", args.report):
         report = prepare_table(
             args.input, args.schema, args.out, strict=args.strict, split_tail=args.split_tail,
             show_progress=not args.quiet,
@@ -140,21 +139,6 @@ def cmd_bench_train(args: argparse.Namespace, extra: list[str]) -> int:
     overrides.update(parse_overrides(extra))
     bench_train(overrides, rows=args.rows, steps=args.steps, report_path=args.report, config_file=args.config)
     return 0
-
-
-@contextmanager
-def _report_on_data_error(command: str, report_path: str | None):
-    """A data command that fails after counting rows still writes what it counted."""
-    from recstack.errors import DataError
-
-    try:
-        yield
-    except DataError as exc:
-        if report_path and exc.report is not None:
-            from recstack.report import new_report, write_report
-
-            write_report(report_path, {**new_report(command), **exc.report, "error": str(exc)})
-        raise
 
 
 def _no_extra(extra: list[str]) -> None:

@@ -505,24 +505,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
+    from recstack.data.report import run_converter
+
     return run_converter("data prepare amazon", args, extra,
                          lambda: prepare_amazon(args.input, args.out, user_min_count=args.user_min_count,
                                                 strict=args.strict, show_progress=not args.quiet))
-
-
-def run_converter(command: str, args: argparse.Namespace, extra: list[str], convert) -> int:
-    """The CLI frame of a behaviour converter: no stray arguments, the report written even on failure."""
-    from recstack.data.report import finish_data_command
-    from recstack.errors import ConfigError
-    from recstack.report import new_report, write_report
-
-    if extra:
-        raise ConfigError(f"unexpected arguments: {' '.join(extra)}")
-    try:
-        report = convert()
-    except DataError as exc:
-        if args.report and exc.report is not None:
-            write_report(args.report, {**new_report(command), **exc.report, "error": str(exc)})
-        raise
-    finish_data_command(command, report, args.report)
-    return 0

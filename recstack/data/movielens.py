@@ -232,12 +232,16 @@ def sample_distinct_unrated(rng: np.random.Generator, users: np.ndarray, count: 
 def item_pop_metrics(train_items: np.ndarray, candidates: np.ndarray, num_items: int) -> dict[str, float]:
     """ItemPop: score every test candidate by its number of training positives. candidates [U, C]
     (the positive in column 0). HR@10 and NDCG@10 with the trainer's tie rule (pessimistic: every
-    candidate as popular as the positive ranks above it)."""
-    from recstack.scoring.metrics import hit_rate_at_k, ndcg_at_k
+    candidate as popular as the positive ranks above it).
 
+    Computed here rather than with recstack.scoring.metrics (a layer above data): the positive's rank
+    is the number of other candidates at least as popular, the rule of scoring.metrics.positive_rank
+    with ties="pessimistic", and HR/NDCG@10 are that module's hit_rate_at_k / ndcg_at_k of it."""
     popularity = np.bincount(train_items, minlength=num_items).astype(np.float64)
     scores = popularity[candidates]
-    return {"hr_at_10": hit_rate_at_k(scores, 0, HR_K), "ndcg_at_10": ndcg_at_k(scores, 0, HR_K)}
+    rank = np.count_nonzero(scores >= scores[:, :1], axis=1) - 1
+    hit = rank < HR_K
+    return {"hr_at_10": float(np.mean(hit)), "ndcg_at_10": float(np.mean(np.where(hit, 1.0 / np.log2(rank + 2.0), 0.0)))}
 
 
 # --------------------------------------------------------------------------------------------
@@ -462,15 +466,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from recstack.cli import _no_extra, _report_on_data_error
-    from recstack.data.report import finish_data_command
+    from recstack.data.report import run_converter
 
-    _no_extra(extra)
-    command = "data prepare movielens"
-    with _report_on_data_error(command, args.report):
-        report = prepare_movielens(
-            args.input, args.out, negatives=args.negatives, rounds=args.rounds, test_negatives=args.test_negatives,
-            seed=args.seed, strict=args.strict, show_progress=not args.quiet,
-        )
-    finish_data_command(command, report, args.report)
-    return 0
+    return run_converter("data prepare movielens", args, extra, lambda: prepare_movielens(
+        args.input, args.out, negatives=args.negatives, rounds=args.rounds, test_negatives=args.test_negatives,
+        seed=args.seed, strict=args.strict, show_progress=not args.quiet))

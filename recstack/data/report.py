@@ -1,13 +1,39 @@
-"""What the data commands print for people and write for tools."""
+"""What the data commands print for people and write for tools, and the frame of a converter command
+(no stray arguments, the report written even when the conversion fails)."""
 
 from __future__ import annotations
 
+import argparse
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from recstack.errors import ConfigError, DataError
 from recstack.progress import console, is_quiet
 from recstack.report import new_report, write_report
+
+
+@contextmanager
+def report_on_data_error(command: str, report_path: str | Path | None) -> Iterator[None]:
+    """A data command that fails after counting rows still writes what it counted."""
+    try:
+        yield
+    except DataError as exc:
+        if report_path and exc.report is not None:
+            write_report(report_path, {**new_report(command), **exc.report, "error": str(exc)})
+        raise
+
+
+def run_converter(command: str, args: argparse.Namespace, extra: list[str], convert: Callable[[], dict[str, Any]]) -> int:
+    """The CLI frame of a converter: no stray arguments, the report written even on failure."""
+    if extra:
+        raise ConfigError(f"unexpected arguments: {' '.join(extra)}")
+    with report_on_data_error(command, args.report):
+        report = convert()
+    finish_data_command(command, report, args.report)
+    return 0
 
 
 def finish_data_command(command: str, data_report: dict[str, Any], report_path: str | Path | None) -> dict[str, Any]:

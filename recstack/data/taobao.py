@@ -35,7 +35,6 @@ from recstack.data.amazon import (
     log_rejects,
     parse_file,
     require_rows,
-    run_converter,
     word_code,
     write_behaviour_dataset,
 )
@@ -198,6 +197,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
+    from recstack.data.report import run_converter
+
     return run_converter("data prepare taobao", args, extra, lambda: prepare_taobao(
         args.input, args.out, max_history=args.max_history, negatives=args.negatives,
         user_min_count=args.user_min_count, seed=args.seed, strict=args.strict, show_progress=not args.quiet))
