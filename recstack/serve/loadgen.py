@@ -530,10 +530,10 @@ def overload_run(
 def plot_latency_vs_load(runs: Sequence[dict[str, Any]], path: str | Path, target_ms: float | None = None,
                          title: str = "") -> tuple[Path | None, str | None]:
     """p50/p95/p99 latency against offered load, one point per Server run."""
-    from recstack.analyze.plots import NO_MATPLOTLIB, _figure, save_figure
+    from recstack.plotting import NO_MATPLOTLIB, figure, save_figure
 
     try:
-        fig = _figure(7.5, 4.8)
+        fig = figure(7.5, 4.8)
     except ImportError:
         return None, NO_MATPLOTLIB
     ax = fig.add_subplot()

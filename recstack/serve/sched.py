@@ -489,10 +489,10 @@ def _q(q: int) -> str:
 def plot_trajectory(report: dict[str, Any], path: str | Path) -> tuple[Path | None, str | None]:
     """Per trial: the controller's rate and window p95 per update, then the confirmation runs (o: met
     the target, x: missed), and the configuration's rate (thick)."""
-    from recstack.analyze.plots import NO_MATPLOTLIB, _figure, save_figure
+    from recstack.plotting import NO_MATPLOTLIB, figure, save_figure
 
     try:
-        fig = _figure(9.0, 6.0)
+        fig = figure(9.0, 6.0)
     except ImportError:
         return None, NO_MATPLOTLIB
     rate_ax, tail_ax = fig.subplots(2, 1, sharex=True)
