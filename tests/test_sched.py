@@ -299,7 +299,7 @@ def test_confirmation_is_bounded_and_says_when_nothing_met(monkeypatch):
 
 
 def test_inference_ceiling_is_the_roofline_per_item_over_the_mean_query(monkeypatch):
-    from recstack.bench import roofline
+    from recstack import ceilings as roofline
     from recstack.serve.engine import EngineConfig, InferenceEngine
 
     rates = {"matmul_gflops": 50.0, "gather_gbs": 2.0, "cpu_share": 1.0, "loadavg_1m": 0.0}

@@ -444,10 +444,10 @@ def confirm_rate(
 
 def inference_ceiling(target: QueryTarget, workload: Workload) -> dict[str, Any] | None:
     """This machine's limit for the model and workload, in queries/s: the roofline of
-    `recstack.bench.roofline` per candidate item (forward FLOPs at the measured 2048^3 GEMM rate, then
+    `recstack.ceilings` per candidate item (forward FLOPs at the measured 2048^3 GEMM rate, then
     the item's embedding rows at the measured random-gather rate) over the mean query size. None
     when the target holds no model (a server) or the model has more than one embedding width."""
-    from recstack.bench import roofline
+    from recstack import ceilings as roofline
 
     model, draw = getattr(target, "model", None), getattr(target, "synthetic_query", None)
     dim = getattr(getattr(model, "embeddings", None), "dim", None)
