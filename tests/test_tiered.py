@@ -532,3 +532,30 @@ def assert_close_float32(plain: DLRM, fae: DLRM) -> None:
     assert list(got) == list(expected)
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], msg=key)
+
+
+# --- tables without a hot tier ----------------------------------------------------------------------
+
+
+def test_tables_without_hot_rows_stay_on_the_full_tier_and_train_alike():
+    """A budget that leaves a table without hot rows (t1 here) trains: that table has no hot tier and
+    is read from the full tables in both modes, and training still equals plain training."""
+    hot_rows = {"t0": HOT_ROWS["t0"], "t2": HOT_ROWS["t2"]}
+    plain, fae = make_models("rowwise_adagrad")
+    fae.embeddings = TieredEmbeddingCollection(fae.embeddings.full, hot_rows, hot_device="cpu")
+    coll = fae.embeddings
+    assert coll.untiered == {"t1": "no hot rows"} and coll.hot.feature_names == ["t0", "t2"]
+    for period in (None, 2):
+        schedule = FAESchedule(len(HOT_BATCHES), len(COLD_BATCHES), period)
+        train_plain(plain, schedule, epochs=1)
+        train_fae(fae, schedule, epochs=1)
+        assert_same(plain, fae)
+
+
+def test_no_hot_rows_at_all_is_all_full_tier():
+    plain, fae = make_models("sgd")
+    fae.embeddings = TieredEmbeddingCollection(fae.embeddings.full, {}, hot_device="cpu")
+    assert fae.embeddings.hot is None and fae.embeddings.hot_bytes == 0
+    train_plain(plain, SCHEDULE, epochs=1)
+    train_fae(fae, SCHEDULE, epochs=1)
+    assert_same(plain, fae)

@@ -212,6 +212,7 @@ class TieredEmbeddingCollection(EmbeddingCollection):
         self._any_fold = any(t.fold for t in full.tables)
         # hot mode with untiered features: the hot tier's features, then the full tier's, put back in order
         self._rest_features = [f for t in full.tables if t.name in self.untiered for f in t.feature_names]
+        self._rest_index = torch.tensor([self.feature_names.index(f) for f in self._rest_features], dtype=torch.int64)
         hot_features = [] if self.hot is None else self.hot.feature_names
         split_order = hot_features + self._rest_features
         self._unsplit = torch.tensor([split_order.index(f) for f in self.feature_names], dtype=torch.int64)
@@ -330,11 +331,26 @@ class TieredEmbeddingCollection(EmbeddingCollection):
             parts.append(self.hot(part).to(self.output_device))
             self._touched(HOT)
         if self._rest_features:
-            parts.append(self.full(ids.select(self._rest_features)).to(self.output_device))
+            rest = self.full(self._untiered_only(ids)).index_select(1, self._rest_index.to(self.full_device))
+            parts.append(rest.to(self.output_device))
             self._touched(REST)
         if len(parts) == 1:
             return parts[0]
         return torch.cat(parts, 1).index_select(1, self._unsplit.to(self.output_device))
+
+    @property
+    def full_device(self) -> torch.device:
+        return self.full.table_state(self.tables[0].name).weight.device
+
+    def _untiered_only(self, ids: JaggedFeatures) -> JaggedFeatures:
+        """The batch for the full tier in hot mode: the untiered features' ids as they are, the tiered
+        features' bags emptied (their ids are hot-local; an empty bag pools to zero and updates nothing)."""
+        per_key = ids.lengths.view(len(ids.keys), ids.batch_size)
+        tiered_value = self._feature_tiered.repeat_interleave(per_key.sum(1).cpu())
+        keep = ~tiered_value.to(ids.values.device)
+        lengths = torch.where(self._feature_tiered.unsqueeze(1).to(per_key.device), 0, per_key).reshape(-1)
+        weights = None if ids.weights is None else ids.weights[keep]
+        return JaggedFeatures(ids.keys, ids.values[keep], lengths.to(ids.lengths.dtype), ids.batch_size, weights)
 
     def _touched(self, tier: str) -> None:
         if self.training and torch.is_grad_enabled():

@@ -266,7 +266,7 @@ class Trainer:
     def _check_resumable(self, payload: dict[str, Any], path: Path) -> None:
         """Refuse to resume under settings that change the model, its data or the batch order."""
         saved, now = payload["config"], self.config.to_dict()
-        keys = [("model", None), ("seed", None), ("fae", None)] + [("train", k) for k in RESUME_FIXED_TRAIN] + [
+        keys = [("model", None), ("seed", None), ("fae", None), ("embeddings", None)] + [("train", k) for k in RESUME_FIXED_TRAIN] + [
             ("data", k) for k in RESUME_FIXED_DATA
         ]
         differ = []
