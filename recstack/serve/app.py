@@ -45,13 +45,13 @@ from recstack.serve.api import (
 )
 from recstack.serve.candidates import SyntheticQueries
 from recstack.serve.engine import EngineOverloaded, InferenceEngine, InferenceError
-from recstack.serve.protocol import Completion, Query
-from recstack.serve.server import (
+from recstack.serve.limits import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_CANDIDATES,
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_QUERIES,
 )
+from recstack.serve.protocol import Completion, Query
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

@@ -18,6 +18,13 @@ from typing import Any
 from recstack.argtypes import float_in, int_in, nonnegative_float, nonnegative_int, port, positive_int, seed
 from recstack.errors import ConfigError
 from recstack.serve.engine import MAX_QUERY_SIZE, MAX_WAIT_MS, MAX_WORKERS, refuse_idle_accelerator, worker_count
+from recstack.serve.limits import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CANDIDATES,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_QUERIES,
+    MAX_BODY_BYTES,
+)
 
 # engine options: (flag, EngineConfig field, type, help); defaults are EngineConfig's
 _ENGINE_OPTIONS: list[tuple[str, str, Any, str]] = [
@@ -34,11 +41,6 @@ _ENGINE_OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--queue-limit", "queue_limit", nonnegative_int,
      "candidate rows that may wait; beyond it requests get 503 (default 0: unbounded)"),
 ]
-DEFAULT_MAX_BODY_BYTES = 1 << 20
-MAX_BODY_BYTES = 1 << 30
-DEFAULT_MAX_CANDIDATES = 4096
-DEFAULT_MAX_QUERIES = 64
-DEFAULT_MAX_IN_FLIGHT = 256
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
