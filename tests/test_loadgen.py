@@ -14,21 +14,9 @@ import torch
 from scipy import stats
 
 from recstack.errors import ConfigError, DataError
-from recstack.serve.loadgen import (
-    MLPERF_QUANTILES,
-    Arrivals,
-    SizeDistribution,
-    Workload,
-    drive,
-    fixed_schedule,
-    load_trace,
-    offline_run,
-    overload_run,
-    server_run,
-    summarize,
-    timed_schedule,
-)
+from recstack.serve.loadgen import drive, fixed_schedule, offline_run, overload_run, server_run, summarize
 from recstack.serve.protocol import Completion, Query
+from recstack.serve.workload import MLPERF_QUANTILES, Arrivals, SizeDistribution, Workload, load_trace, timed_schedule
 
 N = 100_000
 
@@ -438,7 +426,7 @@ def test_a_server_gone_after_its_health_check_gives_counted_errors_in_the_report
 
 
 def test_a_run_over_the_query_cap_is_refused_before_its_arrays_are_drawn():
-    from recstack.serve.loadgen import MAX_QUERIES, check_query_count
+    from recstack.serve.workload import MAX_QUERIES, check_query_count
 
     with pytest.raises(ConfigError, match="MAX_QUERIES"):
         timed_schedule(Arrivals("poisson", 1e12, rng()), 10.0)  # would be 8 TB of gaps

@@ -17,9 +17,9 @@ import torch
 from recstack.errors import ConfigError
 from recstack.serve import sched
 from recstack.serve.batching import split_bounds
-from recstack.serve.loadgen import SizeDistribution, Workload
 from recstack.serve.protocol import Completion, Query
 from recstack.serve.sched import ControllerConfig, Feedback, RateController, SchedKnobs, Trial, hill_climb
+from recstack.serve.workload import SizeDistribution, Workload
 
 # --- the controller, step by step ------------------------------------------------------------------
 

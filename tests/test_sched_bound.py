@@ -9,7 +9,7 @@ import pytest
 from recstack.bench import sched_bound
 from recstack.bench.sched_bound import BoundKnobs, Draws, Machine, Policy, bound, simulate
 from recstack.errors import ConfigError
-from recstack.serve.loadgen import SizeDistribution
+from recstack.serve.workload import SizeDistribution
 
 NO_MERGE = 1  # max_batch 1: whole queries never merge (a sub-request larger than max_batch leaves alone)
 

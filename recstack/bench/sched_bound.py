@@ -45,8 +45,8 @@ from recstack.config import parse_int_list
 from recstack.errors import ConfigError, RecstackError
 from recstack.serve.batching import split_bounds
 from recstack.serve.engine import EngineConfig
-from recstack.serve.loadgen import SizeDistribution
 from recstack.serve.sched import SchedKnobs
+from recstack.serve.workload import SizeDistribution
 
 DEFAULT_MAX_BATCH = EngineConfig.max_batch
 MAX_CORES = 1024

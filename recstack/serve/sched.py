@@ -39,7 +39,6 @@ from recstack.errors import ConfigError
 from recstack.serve.engine import check_cuda
 from recstack.serve.loadgen import (
     QueryFactory,
-    Workload,
     drive,
     fixed_schedule,
     offline_run,
@@ -48,6 +47,7 @@ from recstack.serve.loadgen import (
     warm_queries,
 )
 from recstack.serve.protocol import Completion, QueryTarget
+from recstack.serve.workload import Workload
 
 T = TypeVar("T")
 FAILED_MS = 1e300
@@ -538,7 +538,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from recstack.serve.loadgen import add_target_arguments
+    from recstack.serve.loadgen_cli import add_target_arguments
 
     defaults = SchedKnobs()
     parser.description = (
@@ -598,7 +598,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     from recstack.progress import say
     from recstack.report import check_output_path, new_report, write_report
     from recstack.serve.engine import freeze_heap
-    from recstack.serve.loadgen import engine_factory, workload_from
+    from recstack.serve.loadgen_cli import engine_factory, workload_from
 
     check_accelerator(args)
     check_output_path(args.report)
