@@ -53,7 +53,7 @@ def test_bad_yaml_is_a_config_error(tmp_path):
     "content, message",
     [
         (b"\xff\xfe\x00bad", "is not UTF-8 text (byte 0xff at offset 0)"),
-        (b"- 1\n- 2\n", "must hold a mapping of sections (seed:, data:, model:, train:, fae:), not a list"),
+        (b"- 1\n- 2\n", "must hold a mapping of sections (seed:, data:, model:, train:, fae:, embeddings:), not a list"),
         (b"42\n", "not a int"),
         (b"a: [\n", "not valid YAML at line 2"),
         (b"seed: " + b"9" * 5000 + b"\n", "holds a value that cannot be read"),

@@ -217,9 +217,10 @@ class EmbeddingCollection(nn.Module, ABC):
         return None
 
     def move_tensors(self, device: torch.device | str) -> None:
-        """Move every tensor of this module (and its children) to `device`: for `place`, which
-        `.to()` no longer does."""
-        super()._apply(lambda t: t.to(device))
+        """Move every tensor of this module and of its submodules (adopted collections included) to
+        `device`: for `place`, which `.to()` no longer does."""
+        for module in self.modules():
+            nn.Module._apply(module, lambda t: t.to(device), recurse=False)
 
     def _apply(self, fn, recurse=True):
         """Dtype conversions apply; device moves do not (rows live where `place` put them)."""

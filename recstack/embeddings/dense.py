@@ -76,7 +76,7 @@ class DenseEmbeddingCollection(EmbeddingCollection):
         self.register_buffer("_feature_offset", torch.tensor(feature_offset, dtype=torch.int64), persistent=False)
         self.register_buffer("_feature_rows", torch.tensor(feature_rows, dtype=torch.int64), persistent=False)
         self._any_fold = any(feature_fold)
-        self._feature_fold = feature_fold
+        self._feature_fold_t = torch.tensor(feature_fold, dtype=torch.bool)
         self._feature_mean = torch.tensor(feature_mean, dtype=torch.bool)
         self._any_mean = any(feature_mean)
         self.table_row_offsets = row_offsets
@@ -152,19 +152,13 @@ class DenseEmbeddingCollection(EmbeddingCollection):
         if one_hot:
             # every bag holds exactly one id: the feature of value i is i // batch
             feature_of_value = offsets = None
-            row_offset = self._feature_offset.to(device).repeat_interleave(batch)
+            rows = self._rows(values.view(num_features, batch), None).reshape(-1)
         else:
             lengths = lengths.to(device)
             offsets = torch.zeros(lengths.numel(), dtype=torch.int64, device=device)
             torch.cumsum(lengths[:-1], 0, out=offsets[1:])
             feature_of_value = torch.arange(num_features, device=device).repeat_interleave(batch).repeat_interleave(lengths)
-            row_offset = self._feature_offset.to(device)[feature_of_value]
-        if self._any_fold:
-            feature_index = (
-                torch.arange(num_features, device=device).repeat_interleave(batch) if feature_of_value is None else feature_of_value
-            )
-            values = torch.remainder(values, self._feature_rows.to(device)[feature_index])
-        rows = values + row_offset
+            rows = self._rows(values, feature_of_value)
         weights = None if features.weights is None else features.weights.to(device=device, dtype=self.weight.dtype)
         if self._any_mean and not one_hot:
             is_mean = self._feature_mean.to(device)[feature_of_value]
@@ -180,6 +174,28 @@ class DenseEmbeddingCollection(EmbeddingCollection):
             pooled.requires_grad_(True)
             self._pending.append(_Lookup(rows, None if one_hot else lengths, weights, pooled))
         return pooled.view(num_features, batch, self.dim).transpose(0, 1)
+
+    def _rows(self, ids: torch.Tensor, feature_of_id: torch.Tensor | None) -> torch.Tensor:
+        """Rows of the fused buffer for ids of the features `feature_of_id` (None: ids is [F, B], one
+        per bag): folded where the table folds; an id outside its table is an IndexError (checked
+        where the ids are on the host: on a GPU the check would wait for the device every step)."""
+        device = ids.device
+        if feature_of_id is None:
+            limit, offset = self._feature_rows.to(device).unsqueeze(1), self._feature_offset.to(device).unsqueeze(1)
+            fold = self._feature_fold_t.to(device).unsqueeze(1)
+        else:
+            limit, offset = self._feature_rows.to(device)[feature_of_id], self._feature_offset.to(device)[feature_of_id]
+            fold = self._feature_fold_t.to(device)[feature_of_id]
+        if self._any_fold:
+            ids = torch.where(fold, torch.remainder(ids, limit), ids)
+        if device.type == "cpu":
+            bad = (ids < 0) | (ids >= limit)
+            if bool(bad.any()):
+                position = bad.nonzero()[0]
+                feature = int(position[0]) if feature_of_id is None else int(feature_of_id[position[0]])
+                raise IndexError(f"id {int(ids[tuple(position)])} of feature {self.feature_names[feature]} is outside "
+                                 f"its table's {int(self._feature_rows[feature])} rows")
+        return ids + offset
 
     def sequences(self, features: JaggedFeatures, max_length: int) -> dict[str, SequenceEmbeddings]:
         batch, device = features.batch_size, self.weight.device
@@ -200,6 +216,9 @@ class DenseEmbeddingCollection(EmbeddingCollection):
             ids, sample, position = ids[keep], sample[keep], position[keep]
             if fold:
                 ids = torch.remainder(ids, rows)
+            elif ids.device.type == "cpu" and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= rows):
+                bad = ids[(ids < 0) | (ids >= rows)][0]
+                raise IndexError(f"id {int(bad)} of sequence feature {name} is outside its table's {rows} rows")
             global_rows = ids + row_offset
             with torch.no_grad():
                 looked_up = self.weight.index_select(0, global_rows)
@@ -211,18 +230,32 @@ class DenseEmbeddingCollection(EmbeddingCollection):
             out[name] = SequenceEmbeddings(padded.view(batch, width, self.dim), kept)
         return out
 
-    @torch.no_grad()
-    def apply_gradients(self, lr: float) -> None:
+    def pending_gradients(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(row of every looked-up id, its gradient) over every lookup since the last step (a row
+        read by a pooled feature and by a sequence appears in both), or None when nothing was touched."""
+        rows, grads = [], []
         for lookup in self._pending:
             grad = lookup.pooled.grad
             if grad is None:
                 continue
-            value_grad = grad if lookup.lengths is None else grad.repeat_interleave(lookup.lengths, dim=0)
+            n = lookup.rows.numel()
+            value_grad = grad if lookup.lengths is None else grad.repeat_interleave(lookup.lengths, dim=0, output_size=n)
             if lookup.weights is not None:
                 value_grad = value_grad * lookup.weights.unsqueeze(1)
-            rows, summed = sum_duplicate_rows(lookup.rows, value_grad)
-            update_rows(self.optimizer, self.weight, self.optimizer_state, rows, summed, lr)
+            rows.append(lookup.rows)
+            grads.append(value_grad)
         self._pending.clear()
+        if not rows:
+            return None
+        return (rows[0], grads[0]) if len(rows) == 1 else (torch.cat(rows), torch.cat(grads))
+
+    @torch.no_grad()
+    def apply_gradients(self, lr: float) -> None:
+        """One optimizer step per touched row, on the sum of its gradients over the step's lookups."""
+        touched = self.pending_gradients()
+        if touched is not None:
+            rows, summed = sum_duplicate_rows(*touched)
+            update_rows(self.optimizer, self.weight, self.optimizer_state, rows, summed, lr)
 
     def discard_gradients(self) -> None:
         self._pending.clear()

@@ -89,17 +89,10 @@ class _HotTables(DenseEmbeddingCollection):
         where a hot step is otherwise a string of them; on a CPU, dense.py's own (bit-exact) path."""
         if self.weight.device.type == "cpu":
             return super().apply_gradients(lr)
-        for lookup in self._pending:
-            grad = lookup.pooled.grad
-            if grad is None:
-                continue
-            n = lookup.rows.numel()
-            value_grad = grad if lookup.lengths is None else grad.repeat_interleave(lookup.lengths, dim=0, output_size=n)
-            if lookup.weights is not None:
-                value_grad = value_grad * lookup.weights.unsqueeze(1)
-            rows, summed = _sum_duplicate_rows_padded(lookup.rows, value_grad)
+        touched = self.pending_gradients()
+        if touched is not None:
+            rows, summed = _sum_duplicate_rows_padded(*touched)
             update_rows(self.optimizer, self.weight, self.optimizer_state, rows, summed, lr)
-        self._pending.clear()
 
 
 def _sum_duplicate_rows_padded(ids: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
