@@ -9,6 +9,8 @@ row-wise Adagrad (one accumulator per row: the mean of the squared gradient over
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from recstack.embeddings.base import SparseOptimizerConfig
@@ -35,8 +37,14 @@ def update_rows(
     rows: torch.Tensor,
     grad: torch.Tensor,
     lr: float,
+    row_squares: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    row_width: int | None = None,
 ) -> None:
-    """One optimizer step on weight[rows] (rows unique) with gradient `grad` [len(rows), D]."""
+    """One optimizer step on weight[rows] (rows unique) with gradient `grad` [len(rows), D].
+
+    `row_squares`, `row_width`: for rows split by columns over ranks (column-wise shards), row-wise
+    Adagrad's mean square is over the whole row: `row_squares` sums each row's squared gradient over
+    the shards (an all-reduce), and the mean divides by `row_width`, the whole row's width."""
     w = weight.index_select(0, rows)
     if grad.dtype != w.dtype:
         grad = grad.to(w.dtype)
@@ -46,7 +54,11 @@ def update_rows(
         w.add_(grad, alpha=-lr)
     elif config.kind == "rowwise_adagrad":
         acc = state.index_select(0, rows)
-        acc.add_(grad.pow(2).mean(dim=1, keepdim=True).to(acc.dtype))
+        if row_squares is None:
+            square = grad.pow(2).mean(dim=1, keepdim=True)
+        else:
+            square = row_squares(grad.pow(2).sum(dim=1, keepdim=True)) / row_width
+        acc.add_(square.to(acc.dtype))
         state.index_copy_(0, rows, acc)
         w.addcdiv_(grad, acc.sqrt().add_(config.eps).to(w.dtype), value=-lr)
     elif config.kind == "adagrad":

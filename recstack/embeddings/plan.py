@@ -62,6 +62,8 @@ class Placement:
     """FAE's hot rows (a HotCold partition, or table name -> row ids), for kind `tiered`."""
     hot_device: torch.device | str | None = None
     """Where FAE's hot tier lives (None: cuda when there is one)."""
+    sharding: Any = None
+    """The sharding plan (recstack.embeddings.sharding.ShardingPlan) for kind `sharded`; None: table-wise."""
 
     def kind_of(self, role: str) -> str:
         return self.collections.get(role, self.kind)

@@ -71,21 +71,23 @@ def builder(name: str):
 
 
 def placement(config: Config, device: torch.device | str = "cpu", hot_rows: Any = None,
-              inference: bool = False) -> Placement:
+              inference: bool = False, sharding: Any = None) -> Placement:
     """The plan of the config's `embeddings:` section for a model computing on `device`; `hot_rows`:
-    FAE's partition (kind tiered); `inference`: training-only kinds replaced by the kinds that serve them."""
+    FAE's partition (kind tiered); `sharding`: a ShardingPlan (kind sharded); `inference`:
+    training-only kinds replaced by the kinds that serve them."""
     e = config.embeddings
     plan = Placement(kind=e.kind, collections=parse_collections(e.collections), device=device,
                      optimizer=sparse_optimizer_config(config.train), hot_rows=hot_rows,
-                     hot_device=None if config.fae.hot_device == "auto" else config.fae.hot_device)
+                     hot_device=None if config.fae.hot_device == "auto" else config.fae.hot_device,
+                     sharding=sharding)
     return plan.for_inference() if inference else plan
 
 
 def build_model(config: Config, schema: Schema, device: torch.device | str = "cpu", *, hot_rows: Any = None,
-                inference: bool = False) -> RecModel:
+                inference: bool = False, sharding: Any = None) -> RecModel:
     """The config's model for the schema's data, its tables placed by the config's plan (see `placement`),
     refused with one line when it would not fit in memory."""
-    layout, plan = data_layout(config, schema), placement(config, device, hot_rows, inference)
+    layout, plan = data_layout(config, schema), placement(config, device, hot_rows, inference, sharding)
     build = builder(config.model.name)
     if torch.device(device).type == "cpu":
         require_memory(

@@ -26,32 +26,89 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class TrainStep:
-    """`step(batch, sparse_lr)` -> the batch's loss (detached, on the device)."""
+    """`step(batch, sparse_lr)` -> the batch's loss (detached, on the device).
+
+    On several ranks (`distributed`), each rank steps on its share of the global batch: its loss is
+    scaled to its part of the global mean (share rows / global rows), the dense layers are wrapped in
+    DistributedDataParallel with gradients summed (not averaged) over the ranks, and the collections
+    exchange ids and gradients themselves; together that is the one-process step on the global batch."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device | str,
-                 loss: LossFn | None = None):
+                 loss: LossFn | None = None, distributed: bool = False):
         """`loss`: loss(logits, labels); None uses the model's own `training_loss` (a model with
         extra terms, such as DIEN's auxiliary loss, defines it)."""
         self.model, self.optimizer, self.device, self.loss = model, optimizer, torch.device(device), loss
         wanted = {c.ids_device for c in embedding_collections(model)} - {None}
         self.ids_device = wanted.pop() if len(wanted) == 1 else None
+        self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        self.objective: nn.Module = _Objective(model, loss)
+        self.distributed = distributed
+        if distributed:
+            self.objective = data_parallel(self.objective, self.device)
 
     def to_device(self, batch: Batch) -> Batch:
+        """Dense features to the model's device and dtype, labels to its device, ids to the collections'."""
         sparse = batch.sparse if self.ids_device is None else batch.sparse.to(self.ids_device, non_blocking=True)
-        return Batch(batch.dense.to(self.device, non_blocking=True), sparse,
-                     batch.labels.to(self.device, non_blocking=True))
+        dense = batch.dense.to(self.device, non_blocking=True)
+        if dense.dtype != self.dtype:
+            dense = dense.to(self.dtype)
+        return Batch(dense, sparse, batch.labels.to(self.device, non_blocking=True))
 
     def __call__(self, batch: Batch, sparse_lr: float) -> torch.Tensor:
         with record_function(DATA):
             batch = self.to_device(batch)
         self.optimizer.zero_grad(set_to_none=True)
-        if self.loss is None:
-            loss, _ = self.model.training_loss(batch)
-        else:
-            loss = self.loss(self.model(batch), batch.labels)
-        loss.backward()
+        loss = self.objective(batch)
+        (loss * self._share(batch) if self.distributed else loss).backward()
         with record_function(OPTIMIZER):
             self.optimizer.step()
             for collection in embedding_collections(self.model):
                 collection.apply_gradients(sparse_lr)
         return loss.detach()
+
+    def _share(self, batch: Batch) -> float:
+        """This rank's rows over the global batch's (an all-reduce of one number)."""
+        import torch.distributed as dist
+
+        rows = torch.tensor([float(batch.batch_size)], dtype=torch.float64)
+        dist.all_reduce(rows)
+        return batch.batch_size / float(rows)
+
+
+class _Objective(nn.Module):
+    """The training loss as a module's forward, so DistributedDataParallel sees the step."""
+
+    def __init__(self, model: nn.Module, loss: LossFn | None):
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        if self.loss is None:
+            return self.model.training_loss(batch)[0]
+        return self.loss(self.model(batch), batch.labels)
+
+
+def _sum_gradients(process_group, bucket):
+    """DDP's all-reduce, summing: each rank's loss is already its share of the global mean."""
+    import torch.distributed as dist
+
+    future = dist.all_reduce(bucket.buffer(), group=process_group, async_op=True).get_future()
+    return future.then(lambda f: f.value()[0])
+
+
+def data_parallel(module: nn.Module, device: torch.device) -> nn.Module:
+    """`module` in DistributedDataParallel over its dense parameters; the collections' tables are
+    theirs to exchange, so DDP neither broadcasts nor reduces them."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    tables = [f"{name}.{buffer}" for name, c in module.named_modules() if c in embedding_collections(module)
+              for buffer, _ in c.named_buffers()]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, tables)
+    import torch.distributed as dist
+
+    # a process group of its own: DDP's all-reduces run as gradients become ready, interleaved with
+    # the collections' backward all-to-alls, and collectives of one group must come in one order
+    wrapped = DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None,
+                                      broadcast_buffers=False, process_group=dist.new_group())
+    wrapped.register_comm_hook(None, _sum_gradients)
+    return wrapped
