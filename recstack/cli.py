@@ -29,12 +29,34 @@ def _config_from(args: argparse.Namespace, extra: list[str]):
 
 
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from recstack.distributed import launch, launched
+
+    if (args.nproc > 1 or args.nnodes > 1) and not launched():
+        # torch's own launcher (torchrun) starts the ranks, each running this command without these flags
+        return launch(args.nproc, _without_launch_flags(args.argv), args.nnodes, args.node_rank,
+                      args.rdzv_endpoint)
     from recstack.train.run import train
 
     config = _config_from(args, extra)
     train(config, checkpoint_dir=args.checkpoint_dir, resume=args.resume, report_path=args.report,
           baselines=args.baseline)
     return 0
+
+
+def _without_launch_flags(argv: list[str]) -> list[str]:
+    """The command line minus --nproc/--nnodes/--node-rank/--rdzv-endpoint (with their values)."""
+    flags = ("--nproc", "--nnodes", "--node-rank", "--rdzv-endpoint")
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        name = token.split("=", 1)[0]
+        if name in flags:
+            skip = "=" not in token
+            continue
+        out.append(token)
+    return out
 
 
 def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
@@ -190,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", metavar="FILE", help="a YAML config (see configs/)")
     train.add_argument("--data", metavar="DIR", help="a prepared dataset (recstack data prepare / synth)")
     train.add_argument("--checkpoint-dir", metavar="DIR", help="write checkpoints here")
+    train.add_argument("--nproc", type=positive_int, default=1,
+                       help="ranks on this machine (torch's launcher starts them; tables sharded, see README)")
+    train.add_argument("--nnodes", type=positive_int, default=1, help="machines in the job (with --rdzv-endpoint)")
+    train.add_argument("--node-rank", type=nonnegative_int, default=0, help="this machine's index in the job")
+    train.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
+                       help="where the ranks meet (default 127.0.0.1 and a free port: one machine)")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --checkpoint-dir")
     train.add_argument("--seed", type=seed, help="the one seed for data order, initialization and synthetic data")
     train.add_argument("--baseline", action="append", metavar="SPEC",
@@ -302,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])
     if not hasattr(args, "func"):
         # plain `recstack` (or `recstack data`, ...) prints the help of what was given, and fails
         try:

@@ -149,6 +149,11 @@ class EmbeddingsConfig:
     it), fp16 (half-precision tables, for inference); docs/ARCHITECTURE.md lists them all."""
     collections: list[str] = field(default_factory=list)
     """role=kind for a model's collections by role: main, wide (Wide & Deep, DeepFM), gmf, mlp (NCF)."""
+    sharding: str = "auto"
+    """On several ranks (kind sharded): auto (the planner's choice per table), or one of data_parallel,
+    table_wise, row_wise, column_wise for every table."""
+    plan: str = ""
+    """A sharding plan file (`recstack plan --report F` writes one) instead of planning at start."""
 
 
 @dataclass
@@ -388,6 +393,9 @@ def validate(config: Config) -> None:
     if "tiered" in (config.embeddings.kind, *[c.partition("=")[2] for c in config.embeddings.collections]) \
             and not config.fae.budget:
         raise ConfigError("embeddings kind tiered (FAE) needs fae.budget, the bytes of its hot tier (e.g. 256MiB)")
+    if config.embeddings.sharding not in ("auto", "data_parallel", "table_wise", "row_wise", "column_wise"):
+        raise ConfigError(f"embeddings.sharding must be auto, data_parallel, table_wise, row_wise or column_wise, "
+                          f"not {config.embeddings.sharding!r}")
     if not 0 <= config.seed <= SEED_MAX:
         raise ConfigError(f"seed must be in [0, {SEED_MAX}], not {config.seed}")
     if t.device not in ("cpu", "cuda", "auto"):

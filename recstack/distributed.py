@@ -130,3 +130,34 @@ def launch(nproc: int, module_args: list[str], nnodes: int = 1, node_rank: int =
         code = first.exitcode if first is not None else 1
         return code if code > 0 else 1
     return 0
+
+
+def agree(error: Exception | None, what: str) -> None:
+    """Every rank reports whether `what` worked for it; if it failed anywhere, every rank stops with
+    one line (the failing rank with its own error), instead of the others waiting for it until the
+    timeout."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if error is not None:
+            raise error
+        return
+    failed = torch.tensor([0 if error is None else 1 + dist.get_rank()], dtype=torch.int64)
+    flags = [torch.zeros(1, dtype=torch.int64) for _ in range(dist.get_world_size())]
+    dist.all_gather(flags, failed)
+    if error is not None:
+        raise error
+    bad = [int(f) - 1 for f in flags if int(f)]
+    if bad:
+        raise ConfigError(f"rank(s) {bad} could not {what}; this rank stops with them")
+
+
+def gather_objects(value):
+    """Every rank's `value`, in rank order (a list of one outside a job)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return [value]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out

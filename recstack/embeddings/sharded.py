@@ -29,6 +29,7 @@ Bytes sent to other ranks and the wall time of each kind of collective are count
 from __future__ import annotations
 
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -54,6 +55,8 @@ from recstack.errors import ConfigError
 INIT_CHUNK = 1 << 16
 """Rows initialized from one generator (see `_init_shards`)."""
 SEQ = "@seq"
+warnings.filterwarnings("ignore", message=r".*nn\.functional\.all_to_all_single is deprecated", category=FutureWarning)
+"""The autograd-aware all-to-all recstack uses is public API; the one the warning suggests is private."""
 """Suffix of a sequence feature's block: one bag per id, unpooled."""
 
 
@@ -84,7 +87,7 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         if plan.world_size != self.world_size:
             raise ConfigError(f"the sharding plan is for {plan.world_size} ranks, this job has {self.world_size}")
-        plan.check(self.tables)
+        plan.check(self.tables, whole_model=False)
         self.plan = plan
         self.comm = Collectives()
         # every (table, feature) block, by destination rank, in one order all ranks agree on
@@ -219,8 +222,9 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
         if self.replicas is not None:
             pooled = self.replicas(features.select(self.replicas.feature_names))
             out.update({f: pooled[:, i] for i, f in enumerate(self.replicas.feature_names)})
-        rows = {b.feature: batch for bs in self._blocks for b in bs}
-        out.update(self._exchange(self._blocks, parts, weights, rows, pooled=True))
+        if any(self._blocks):  # all tables data-parallel: nothing to exchange
+            rows = {b.feature: batch for bs in self._blocks for b in bs}
+            out.update(self._exchange(self._blocks, parts, weights, rows, pooled=True))
         if not self.feature_names:
             return torch.zeros(batch, 0, self.dim, dtype=self.dtype)
         return torch.stack([out[f] for f in self.feature_names], 1)
@@ -246,7 +250,7 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
         if self.replicas is not None and self.replicas.sequence_names:
             out.update(self.replicas.sequences(features, max_length))
         rows = {f + SEQ: int(k.sum()) for f, k in kept.items()}
-        vectors = self._exchange(self._seq_blocks, parts, {}, rows, pooled=False)
+        vectors = self._exchange(self._seq_blocks, parts, {}, rows, pooled=False) if any(self._seq_blocks) else {}
         for f, keep in kept.items():
             width = max(int(keep.max()) if batch else 0, 1)
             slot = torch.repeat_interleave(torch.arange(batch), keep) * width + _position_in_bag(keep)
@@ -399,11 +403,13 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
         start = time.perf_counter()
         output = dist_fn.all_to_all_single(data.new_empty(sum(out_splits)), data, out_splits, in_splits)
         self._count(kind, data, in_splits, time.perf_counter() - start)
-        if torch.is_grad_enabled() and data.requires_grad:  # backward sends what came back, the same sizes
+        if self.training and torch.is_grad_enabled() and data.requires_grad:  # backward sends back the same sizes
             self.comm.add(kind + "_grad", (sum(out_splits) - out_splits[self.rank]) * data.element_size())
         return output
 
     def _count(self, kind: str, data: torch.Tensor, splits: list[int] | None, seconds: float) -> None:
+        if not self.training:  # evaluation's exchanges are not the training step's
+            return
         per_rank = data.numel() // self.world_size if splits is None else None
         own = per_rank if splits is None else splits[self.rank]
         self.comm.add(kind, (data.numel() - own) * data.element_size(), seconds)

@@ -62,10 +62,11 @@ class ShardingPlan:
             raise ConfigError(f"the sharding plan has no table {table!r} (it was made for another model)")
         return self.tables[table]
 
-    def check(self, tables: list[Any]) -> None:
-        """Refuse a plan that does not fit these tables (TableConfig list) and its world size."""
+    def check(self, tables: list[Any], whole_model: bool = True) -> None:
+        """Refuse a plan that does not fit these tables (TableConfig list) and its world size;
+        `whole_model` False: the tables of one of a model's collections (the plan may hold others)."""
         names = {t.name for t in tables}
-        extra = sorted(set(self.tables) - names)
+        extra = sorted(set(self.tables) - names) if whole_model else []
         missing = sorted(names - set(self.tables))
         if missing or extra:
             raise ConfigError(f"the sharding plan does not match the model: tables without a plan {missing}, "

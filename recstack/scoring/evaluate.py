@@ -1,8 +1,9 @@
 """Metrics of a model on a contiguous range of a dataset's rows, in order, on one rank or many.
 
-With `world_size` ranks each rank scores one contiguous share of the range and the (label,
-probability) arrays are gathered in rank order, so every rank computes the metrics of the whole
-range, in the range's order (ranking metrics read users' candidate blocks in order).
+With `world_size` ranks every rank scores its share of each batch of the range (the loader's
+rank share, so all ranks run the same number of forwards: a sharded model's exchanges need every
+rank), and the (label, probability) arrays are gathered and put back in the range's order, so
+every rank computes the metrics of the whole range (ranking metrics read candidate blocks in order).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recstack.data.batch import Batch
 from recstack.data.loader import BatchLoader
 from recstack.data.store import Dataset
 from recstack.errors import ConfigError
@@ -27,15 +29,6 @@ def ranking_groups(dataset: Dataset, rows: tuple[int, int]) -> int | None:
         return None
     size = int(ranking["group_size"])
     return size if size > 1 and (rows[1] - rows[0]) % size == 0 else None
-
-
-def rank_rows(rows: tuple[int, int], rank: int, world_size: int) -> tuple[int, int]:
-    """Rank `rank`'s contiguous share of [a, b)."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside 0..{world_size - 1} (world size {world_size})")
-    a, b = rows
-    n = b - a
-    return a + rank * n // world_size, a + (rank + 1) * n // world_size
 
 
 @torch.no_grad()
@@ -56,17 +49,22 @@ def evaluate_rows(
     model.eval()
     task_names = getattr(model, "task_names", None)
     accumulator = MetricAccumulator(task_names if task_names and len(task_names) > 1 else None)
-    loader = BatchLoader(dataset, rank_rows(rows, rank, world_size), batch_size, shuffle=False, drop_last=False,
-                         prefetch=2)
+    loader = BatchLoader(dataset, rows, batch_size, shuffle=False, drop_last=False, prefetch=2, rank=rank,
+                         world_size=world_size)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    per_batch = []
     for batch in loader.epoch(0):
         batch = batch.to(device)
+        if batch.dense.dtype != dtype:
+            batch = Batch(batch.dense.to(dtype), batch.sparse, batch.labels)
         probs = torch.sigmoid(model(batch)).float().cpu().numpy()
         if not np.isfinite(probs).all():  # the inputs are finite (the dataset checks them): the weights are not
             raise ConfigError("the model predicts NaN: its training diverged (lower train.lr or train.sparse_lr)")
         accumulator.update(batch.labels.cpu().numpy(), probs)
+        per_batch.append(batch.batch_size)
     model.train(was_training)
     if world_size > 1:
-        accumulator = _gathered(accumulator, world_size)
+        accumulator = _gathered(accumulator, per_batch, world_size)
     metrics = accumulator.compute()
     group = ranking_groups(dataset, rows)
     if group is not None:
@@ -77,16 +75,21 @@ def evaluate_rows(
     return metrics
 
 
-def _gathered(local: MetricAccumulator, world_size: int) -> MetricAccumulator:
-    """Every rank's (labels, probabilities), in rank order, in one accumulator."""
+def _gathered(local: MetricAccumulator, per_batch: list[int], world_size: int) -> MetricAccumulator:
+    """Every rank's (labels, probabilities), back in the rows' order: batch by batch, rank by rank."""
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_world_size() != world_size:
         raise ConfigError(f"evaluation on {world_size} ranks needs torch.distributed initialized with that world size")
     parts: list[Any] = [None] * world_size
-    dist.all_gather_object(parts, local.arrays())
+    labels, probs = local.arrays()
+    dist.all_gather_object(parts, (np.ascontiguousarray(labels), np.ascontiguousarray(probs), per_batch))
     merged = MetricAccumulator(local.task_names)
-    for labels, probs in parts:
-        if len(labels):
-            merged.update(labels, probs)
+    offsets = [0] * world_size
+    for i in range(len(per_batch)):
+        for r, (rank_labels, rank_probs, counts) in enumerate(parts):
+            n = counts[i]
+            if n:
+                merged.update(rank_labels[offsets[r] : offsets[r] + n], rank_probs[offsets[r] : offsets[r] + n])
+                offsets[r] += n
     return merged

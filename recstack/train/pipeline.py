@@ -8,6 +8,7 @@ collections' sparse step. Its phases are named for the profiler (`DATA`, `OPTIMI
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -43,6 +44,8 @@ class TrainStep:
         self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         self.objective: nn.Module = _Objective(model, loss)
         self.distributed = distributed
+        self.global_rows = 0
+        """Rows of the last step's global batch (every rank's share)."""
         if distributed:
             self.objective = data_parallel(self.objective, self.device)
 
@@ -59,7 +62,12 @@ class TrainStep:
             batch = self.to_device(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.objective(batch)
-        (loss * self._share(batch) if self.distributed else loss).backward()
+        if self.distributed:
+            share = self._share(batch)
+            (loss * share).backward()
+        else:
+            self.global_rows = batch.batch_size
+            loss.backward()
         with record_function(OPTIMIZER):
             self.optimizer.step()
             for collection in embedding_collections(self.model):
@@ -72,6 +80,7 @@ class TrainStep:
 
         rows = torch.tensor([float(batch.batch_size)], dtype=torch.float64)
         dist.all_reduce(rows)
+        self.global_rows = int(rows)
         return batch.batch_size / float(rows)
 
 
@@ -106,6 +115,9 @@ def data_parallel(module: nn.Module, device: torch.device) -> nn.Module:
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, tables)
     import torch.distributed as dist
 
+    # broadcast_buffers=False keeps the rank-local tables out of DDP's syncs (its FutureWarning says to keep
+    # using it for rank-local buffers until an init-sync option exists)
+    warnings.filterwarnings("ignore", message=r"`broadcast_buffers` is deprecated", category=FutureWarning)
     # a process group of its own: DDP's all-reduces run as gradients become ready, interleaved with
     # the collections' backward all-to-alls, and collectives of one group must come in one order
     wrapped = DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None,

@@ -110,6 +110,18 @@ def plan_for(config, dataset, world_size: int, memory_per_rank: int | None = Non
                        dense_params=model["dense_params"])
 
 
+def predict_for(config, dataset, plan, *, machine=None, sample_rows: int = SAMPLE_ROWS):
+    """The cost model's PlanPrediction for a given plan (a file's, or one type for every table)."""
+    from recstack.embeddings.planner import predict
+
+    model = model_tables(config, dataset.schema)
+    pooled, kept = measure_pooling(dataset, config.model.max_sequence_length, config.data.train_split, sample_rows,
+                                   config.seed)
+    return predict(plan, model["collections"], pooled, config.train.batch_size, model["optimizer"], machine,
+                   sequence_lengths=kept, reserved_bytes=model["reserved_bytes"],
+                   dense_flops_per_sample=model["flops_per_sample"], dense_params=model["dense_params"])
+
+
 # --- the command ---------------------------------------------------------------------------------
 
 

@@ -12,9 +12,10 @@ import torch
 
 from recstack.config import Config
 from recstack.data.store import SCHEMA_FILE, Dataset
-from recstack.errors import ConfigError
+from recstack.distributed import World, agree, join, launched
+from recstack.errors import ConfigError, RecstackError
 from recstack.models.zoo import build_model, describe
-from recstack.progress import console, is_quiet, say
+from recstack.progress import console, is_quiet, say, set_quiet
 from recstack.report import check_output_path, new_report, write_report
 from recstack.train.trainer import Trainer, resolve_device
 
@@ -125,6 +126,96 @@ def fae_report(model, trainer, hotcold, config: Config) -> dict[str, Any]:
     }
 
 
+def open_dataset_on_every_rank(config: Config, world: World) -> Dataset:
+    """The dataset, on every rank: synthetic data is made once, by rank 0, while the others wait; a
+    rank that cannot open it stops the job with one line on every rank."""
+    if world.distributed and not config.data.path:
+        error = None
+        if world.is_main:
+            try:
+                synthetic_dataset(config)
+            except RecstackError as exc:
+                error = exc
+        agree(error, "make the synthetic dataset")
+    error, dataset = None, None
+    try:
+        dataset = open_dataset(config)
+    except RecstackError as exc:
+        error = exc
+    agree(error, "open the dataset")
+    return dataset
+
+
+def sharding_plan(config: Config, dataset: Dataset, world: World):
+    """(the ShardingPlan for the job's ranks, the planner's prediction or None): from embeddings.plan
+    (a `recstack plan` report), embeddings.sharding (one type for all), or the planner."""
+    import json
+
+    from recstack.embeddings.sharding import ShardingPlan
+    from recstack.train.plan_command import model_tables, plan_for
+
+    if config.embeddings.kind == "dense":  # several ranks: the tables are sharded over them
+        config.embeddings.kind = "sharded"
+    if config.embeddings.kind != "sharded":
+        raise ConfigError(f"training on {world.world_size} ranks shards the tables: embeddings kind "
+                          f"{config.embeddings.kind} runs on one rank")
+    tables = {t.name: t for c in model_tables(config, dataset.schema)["collections"] for t in c}
+    prediction = None
+    if config.embeddings.plan:
+        path = Path(config.embeddings.plan)
+        try:
+            plan = ShardingPlan.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read the sharding plan {path}: {exc}") from None
+        if plan.world_size != world.world_size:
+            raise ConfigError(f"the sharding plan {path} is for {plan.world_size} ranks; this job has {world.world_size}")
+    elif config.embeddings.sharding != "auto":
+        plan = ShardingPlan.uniform(list(tables.values()), world.world_size, config.embeddings.sharding)
+    else:
+        plan, prediction = plan_for(config, dataset, world.world_size)
+    plan.check(list(tables.values()))
+    if prediction is None:
+        from recstack.train.plan_command import predict_for
+
+        prediction = predict_for(config, dataset, plan)
+    say(f"sharded over {world.world_size} ranks: " + ", ".join(
+        f"{sum(1 for s in plan.tables.values() if s.sharding == kind)} {kind}" for kind in
+        sorted({s.sharding for s in plan.tables.values()})) + " table(s)")
+    return plan, prediction
+
+
+def distributed_report(model, trainer, world: World, plan, prediction) -> dict[str, Any]:
+    """The report's `distributed` section (every rank calls it: it gathers every rank's figures)."""
+    from recstack.distributed import Collectives, gather_objects
+    from recstack.embeddings.sharded import ShardedEmbeddingCollection
+
+    comm = Collectives()
+    for c in model.embedding_collections():
+        if isinstance(c, ShardedEmbeddingCollection):
+            for kind, sent in c.comm.bytes.items():
+                comm.add(kind, sent, c.comm.seconds.get(kind, 0.0))
+    state = trainer.state
+    ranks = gather_objects({"bytes": comm.bytes, "seconds": comm.seconds, "train_seconds": state.train_seconds,
+                            "steps": state.step})
+    steps = max(state.step, 1)
+    by_kind: dict[str, int] = {}
+    for r in ranks:
+        for kind, sent in r["bytes"].items():
+            by_kind[kind] = by_kind.get(kind, 0) + sent
+    all_to_all = sum(v for k, v in by_kind.items() if k.startswith(("input", "output")))
+    return {
+        "world_size": world.world_size,
+        "plan": plan.to_dict()["tables"],
+        "step_seconds_per_rank": [r["train_seconds"] / max(r["steps"], 1) for r in ranks],
+        "collective_bytes_per_step": {k: v / steps for k, v in sorted(by_kind.items())},
+        "collective_seconds_per_rank": [r["seconds"] for r in ranks],
+        "collective_share_per_rank": [sum(r["seconds"].values()) / r["train_seconds"] if r["train_seconds"] else None
+                                      for r in ranks],
+        "all_to_all_bytes_per_step": all_to_all / steps,
+        "predicted_all_to_all_bytes_per_step": None if prediction is None else prediction.all_to_all_bytes_per_step,
+    }
+
+
 def default_run_dir() -> Path:
     return Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
 
@@ -141,20 +232,26 @@ def train(
     from recstack.train.baselines import parse_baselines, print_baselines, run_baselines
 
     check_output_path(report_path)  # before the training whose figures it would hold
+    world = join(config.train.device) if launched() else World()
+    if not world.is_main:
+        set_quiet(True)  # rank 0 speaks and writes the report
     torch.manual_seed(config.seed)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     synthesized = not config.data.path
-    dataset = open_dataset(config)
+    dataset = open_dataset_on_every_rank(config, world)
     compared = parse_baselines(baselines or [], config, dataset)
     run_dir = Path(run_dir) if run_dir else (Path(report_path).parent if report_path else default_run_dir())
     if config.train.checkpoint_every and checkpoint_dir is None:
         raise ConfigError("train.checkpoint_every needs --checkpoint-dir (where to write the checkpoints)")
     hotcold = fae_partition(config, dataset) if config.fae.budget else None
-    model = build_model(config, dataset.schema, resolve_device(config.train.device), hot_rows=hotcold)
+    plan, prediction = sharding_plan(config, dataset, world) if world.distributed else (None, None)
+    model = build_model(config, dataset.schema, world.device if world.distributed else resolve_device(config.train.device),
+                        hot_rows=hotcold, sharding=plan)
     if hotcold is not None:
         describe_tiers(model, hotcold)
-    trainer = Trainer(config, dataset, model, run_dir=run_dir, checkpoint_dir=checkpoint_dir, hotcold=hotcold)
+    trainer = Trainer(config, dataset, model, run_dir=run_dir, checkpoint_dir=checkpoint_dir, hotcold=hotcold,
+                      world=world)
     if resume:
         trainer.resume()
     sizes = describe(model)
@@ -197,6 +294,10 @@ def train(
     )
     if hotcold is not None:
         report["fae"] = fae_report(model, trainer, hotcold, config)
+    if world.distributed:
+        report["distributed"] = distributed_report(model, trainer, world, plan, prediction)
+        if not world.is_main:
+            return report
     if compared:
         report["baselines"] = run_baselines(compared, config, dataset, trainer)
     report_path = Path(report_path) if report_path else run_dir / "report.json"

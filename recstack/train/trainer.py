@@ -25,6 +25,7 @@ from recstack.config import Config, TrainConfig
 from recstack.data.batch import Batch
 from recstack.data.loader import BatchLoader
 from recstack.data.store import Dataset
+from recstack.distributed import World
 from recstack.embeddings.base import embedding_collections, place
 from recstack.embeddings.tiered import TieredEmbeddingCollection
 from recstack.errors import CheckpointError, ConfigError
@@ -141,6 +142,7 @@ class Trainer:
         run_dir: str | Path | None = None,
         checkpoint_dir: str | Path | None = None,
         hotcold=None,
+        world: World | None = None,
     ):
         """`hotcold`: a hot/cold partition (recstack.data.hotcold) when the model's tables are on
         FAE's tiers (TieredEmbeddingCollection): training then runs all-hot / all-cold batches.
@@ -151,8 +153,9 @@ class Trainer:
         self.device = resolve_device(config.train.device)
         self.model = place(model, self.device)
         self.optimizer = dense_optimizer(self.model, config.train)
-        self.step = TrainStep(self.model, self.optimizer, self.device)
-        self.run_dir = Path(run_dir) if run_dir else None
+        self.world = world or World()
+        self.step = TrainStep(self.model, self.optimizer, self.device, distributed=self.world.distributed)
+        self.run_dir = Path(run_dir) if run_dir and self.world.is_main else None
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         if self.checkpoint_dir is not None and self.checkpoint_dir.exists() and not self.checkpoint_dir.is_dir():
             # found now, not when the first checkpoint is written (or resumed from) after the training
@@ -180,6 +183,8 @@ class Trainer:
             seed=config.seed,
             drop_last=config.data.drop_last,
             prefetch=config.data.prefetch,
+            rank=self.world.rank,
+            world_size=self.world.world_size,
         )
         if len(self.loader) == 0:
             raise ConfigError(
@@ -195,6 +200,8 @@ class Trainer:
 
             if not self.tiers:
                 raise ConfigError("a hot/cold partition was given but no table of the model is on FAE's tiers")
+            if self.world.distributed:
+                raise ConfigError("FAE (fae.budget) runs on one rank; several ranks shard the tables instead")
 
             self.fae_batches = FAEBatches(
                 dataset, hotcold, rows=self.train_rows, batch_size=config.train.batch_size,
@@ -310,7 +317,7 @@ class Trainer:
         split, rows = ("val", self.val_rows) if self.val_rows is not None else ("test", self.test_rows)
         if rows is None:
             return False
-        metrics = evaluate_rows(self.model, self.dataset, rows, self.train_cfg.eval_batch_size, self.device)
+        metrics = self._evaluate(rows)
         record = {"step": self.state.step, "epoch": self.state.epoch, "split": split, **metrics}
         self.state.history.append(record)
         self._log({"event": "eval", **record})
@@ -366,7 +373,7 @@ class Trainer:
                     s = self.state
                     s.step += 1
                     s.batch_in_epoch += 1
-                    s.samples += batch.batch_size
+                    s.samples += self.step.global_rows
                     now = time.perf_counter()
                     s.train_seconds += now - last
                     if self.fae_batches is not None:
@@ -409,9 +416,13 @@ class Trainer:
             self._metrics_log = None
         return {"checkpoint": str(final) if final else None}
 
+    def _evaluate(self, rows: tuple[int, int]) -> dict[str, Any]:
+        return evaluate_rows(self.model, self.dataset, rows, self.train_cfg.eval_batch_size, self.device,
+                             rank=self.world.rank, world_size=self.world.world_size)
+
     def final_metrics(self) -> dict[str, dict[str, Any]]:
         out = {}
         for name, rows in (("val", self.val_rows), ("test", self.test_rows)):
             if rows is not None:
-                out[name] = evaluate_rows(self.model, self.dataset, rows, self.train_cfg.eval_batch_size, self.device)
+                out[name] = self._evaluate(rows)
         return out
