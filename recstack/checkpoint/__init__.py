@@ -14,6 +14,7 @@ from recstack.checkpoint.format import (
     latest,
     list_checkpoints,
     load,
+    load_model,
     load_state,
     prune,
     rebuild_model,
@@ -25,5 +26,5 @@ from recstack.checkpoint.format import (
 )
 
 __all__ = ["BEST", "FORMAT", "PARTS", "RESUMING", "SCORING", "VERSION", "checkpoint_name", "latest",
-           "list_checkpoints", "load", "load_state", "prune", "rebuild_model", "require_finite", "resolve", "save",
+           "list_checkpoints", "load", "load_model", "load_state", "prune", "rebuild_model", "require_finite", "resolve", "save",
            "vocab_from_tensors", "vocab_to_tensors"]

@@ -28,7 +28,8 @@ FORMAT = "recstack-checkpoint"
 VERSION = 2
 """2: each embedding table's rows and optimizer state under its own keys (`...tables.<name>.weight`),
 whatever collection wrote them; 1 stored a collection's fused buffer, which loads as its tables."""
-_NAME = re.compile(r"^ckpt-(\d{10})\.pt$")
+_NAME = re.compile(r"^ckpt-(\d{10})(\.pt)?$")
+"""A checkpoint: a file (one process) or a directory (sharded over ranks)."""
 BEST = "best.pt"
 PARTS: dict[str, type] = {
     "config": dict, "schema": dict, "model": dict, "trainer": dict, "vocab": dict, "dense_optimizer": dict,
@@ -97,18 +98,28 @@ def save(path: str | Path, payload: dict[str, Any]) -> Path:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    fsync_directory(path.parent)
+    return path
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename inside `directory` durable."""
+    dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return path
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu", require: tuple[str, ...] = ()) -> dict[str, Any]:
     """The payload of a checkpoint file (or of a directory's latest). `require`: the parts the caller
     reads (see PARTS); a file without one of them, or with one of another type, is refused here."""
     path = resolve(path)
+    if path.is_dir():  # a sharded checkpoint: its meta file, and where its tables are
+        from recstack.checkpoint.sharded import load_meta
+
+        payload = _checked(load_meta(path, map_location), path, require)
+        return payload
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): not a checkpoint, or its copy did not finish")
     try:
@@ -123,6 +134,10 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", require: tu
     if not isinstance(version, int) or version > VERSION:
         raise CheckpointError(f"{path} was written by a newer recstack (format version {version!r}; "
                               f"this one reads {VERSION})")
+    return _checked(payload, path, require)
+
+
+def _checked(payload: dict[str, Any], path: Path, require: tuple[str, ...]) -> dict[str, Any]:
     missing = [k for k in require if k not in payload]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(map(repr, missing))}: it is incomplete, "
@@ -175,6 +190,27 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
 
 
+def load_model(model: Any, payload: dict[str, Any]) -> None:
+    """The model's state from a loaded checkpoint, one file or sharded (its tables resharded into the
+    model's placement), refused with one line when it does not fit or holds NaN."""
+    path = payload["path"]
+    if "tables_dir" in payload:
+        from recstack.checkpoint.sharded import is_table_key, load_tables
+
+        try:
+            missing, unexpected = model.load_state_dict(payload["model"], strict=False)
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"checkpoint {path}: its model state does not fit the model ({_first_line(exc)})") from None
+        wrong = [k for k in missing if not is_table_key(k)] + list(unexpected)
+        if wrong:
+            raise CheckpointError(f"checkpoint {path}: its model state does not fit the model (keys {wrong[:5]})")
+        load_tables(model, payload["tables_dir"], path)
+        require_finite({k: v for k, v in model.state_dict().items() if not is_table_key(k)}, path)
+        return
+    load_state(model, payload["model"], path)
+    require_finite(payload["model"], path)
+
+
 def load_state(module: Any, state: Any, path: str | Path, what: str = "model") -> None:
     """module.load_state_dict(state), refused with one line when the state does not fit the module
     (other shapes or keys, or values that are not tensors)."""
@@ -200,7 +236,8 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    found = [(int(m.group(1)), p) for p in directory.iterdir()
+             if (m := _NAME.match(p.name)) and (p.is_file() or (p / "meta.pt").is_file())]
     return [p for _, p in sorted(found)]
 
 
@@ -212,6 +249,8 @@ def latest(directory: str | Path) -> Path | None:
 def resolve(path: str | Path) -> Path:
     """A checkpoint file, or a directory meaning its latest checkpoint."""
     path = Path(path)
+    if path.is_dir() and (path / "meta.pt").is_file():  # one sharded checkpoint
+        return path
     if path.is_dir():
         newest = latest(path)
         if newest is None:
@@ -229,4 +268,9 @@ def prune(directory: str | Path, keep: int) -> None:
     if keep <= 0:
         return
     for old in list_checkpoints(directory)[:-keep]:
-        old.unlink(missing_ok=True)
+        if old.is_dir():
+            import shutil
+
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)

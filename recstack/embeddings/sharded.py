@@ -530,8 +530,9 @@ def build(tables: list[TableConfig], placement: Placement) -> EmbeddingCollectio
     """Shards over the job's ranks by the placement's sharding plan (default: table-wise)."""
     from recstack.embeddings.sharding import TABLE_WISE
 
-    if torch.device(placement.device).type == "meta":  # sizing: the whole model, as one rank would hold it all
-        return DenseEmbeddingCollection(tables, placement.optimizer, device="meta")
+    if torch.device(placement.device).type == "meta" or not dist.is_initialized() or dist.get_world_size() == 1:
+        # sizing on meta, or a world of one (evaluate, predict, serve a sharded checkpoint): every row here
+        return DenseEmbeddingCollection(tables, placement.optimizer, device=placement.device)
     plan = placement.sharding
     if plan is None:
         plan = ShardingPlan.uniform(tables, dist.get_world_size() if dist.is_initialized() else 1, TABLE_WISE)

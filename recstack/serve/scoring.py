@@ -38,8 +38,7 @@ class ScoringModel:
         self.vocab = checkpoint.vocab_from_tensors(payload.get("vocab", {}), self.path)
         self._vocab_index: dict[str, Any] | None = None
         self.device = torch.device(device)
-        checkpoint.load_state(self.model, payload["model"], self.path)
-        checkpoint.require_finite(payload["model"], self.path)
+        checkpoint.load_model(self.model, payload)
         place(self.model, self.device).eval()
         self.step = payload["trainer"].get("step")
 

@@ -163,6 +163,7 @@ class Trainer:
         self.state = TrainState()
         self._best_path: Path | None = None  # where the best model is kept (a file, not a copy in memory)
         self._scratch: tempfile.TemporaryDirectory | None = None
+        self._scratch_path: Path | None = None
         self._metrics_log = None
         self._resumed = False
 
@@ -216,13 +217,13 @@ class Trainer:
 
     # --- checkpoints -------------------------------------------------------------------------
 
-    def _payload(self) -> dict[str, Any]:
+    def _payload(self, with_model: bool = True) -> dict[str, Any]:
         vocab = {name: self.dataset.vocab(name) for name in self.dataset.schema.vocab}
         return {
             "config": self.config.to_dict(),
             "schema": self.dataset.schema.to_json(),
             "vocab": checkpoint.vocab_to_tensors({k: v for k, v in vocab.items() if v is not None}),
-            "model": self.model.state_dict(),
+            **({"model": self.model.state_dict()} if with_model else {}),
             "dense_optimizer": self.optimizer.state_dict(),
             "trainer": self.state.to_dict(),
             "rng": torch.get_rng_state(),
@@ -231,21 +232,37 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         if self.checkpoint_dir is None:
             return None
-        path = checkpoint.save(self.checkpoint_dir / checkpoint.checkpoint_name(self.state.step), self._payload())
-        checkpoint.prune(self.checkpoint_dir, self.train_cfg.keep_checkpoints)
+        name = checkpoint.checkpoint_name(self.state.step)
+        path = self._save(self.checkpoint_dir / (name.removesuffix(".pt") if self.world.distributed else name))
+        if self.world.is_main:
+            checkpoint.prune(self.checkpoint_dir, self.train_cfg.keep_checkpoints)
         return path
+
+    def _save(self, path: Path) -> Path:
+        """One file, or on several ranks a directory of every rank's shards (recstack.checkpoint.sharded)."""
+        if not self.world.distributed:
+            return checkpoint.save(path, self._payload())
+        from recstack.checkpoint.sharded import save_sharded
+        from recstack.distributed import gather_objects
+
+        return save_sharded(path, self._payload(with_model=False), self.model, gather_objects(torch.get_rng_state()))
 
     def _keep_best(self) -> None:
         """Write the model as it is now as the best one: best.pt beside the checkpoints (a whole
         checkpoint, which `--resume` reads back), else a scratch file; never a copy in memory."""
+        best = checkpoint.BEST if not self.world.distributed else checkpoint.BEST.removesuffix(".pt")
         if self.checkpoint_dir is not None:
-            self._best_path = self.checkpoint_dir / checkpoint.BEST
-            checkpoint.save(self._best_path, self._payload())
+            self._best_path = self._save(self.checkpoint_dir / best)
             return
         if self._scratch is None:
+            from recstack.distributed import gather_objects
+
             self._scratch = tempfile.TemporaryDirectory(prefix="recstack-best-")
-        self._best_path = Path(self._scratch.name) / checkpoint.BEST
-        checkpoint.save(self._best_path, {"model": self.model.state_dict()})
+            self._scratch_path = Path(gather_objects(self._scratch.name)[0])  # rank 0's, on one machine
+        if self.world.distributed:
+            self._best_path = self._save(self._scratch_path / best)
+        else:
+            self._best_path = checkpoint.save(self._scratch_path / best, {"model": self.model.state_dict()})
 
     def resume(self) -> bool:
         """Load the latest checkpoint of checkpoint_dir; False when there is none yet."""
@@ -256,15 +273,20 @@ class Trainer:
             return False
         payload = checkpoint.load(path, map_location=self.device, require=checkpoint.RESUMING)
         self._check_resumable(payload, path)
-        checkpoint.load_state(self.model, payload["model"], path)
+        checkpoint.load_model(self.model, payload)
         checkpoint.load_state(self.optimizer, payload["dense_optimizer"], path, what="optimizer")
         self.state = _saved_state(payload["trainer"], path)
+        rngs = payload.get("rng_per_rank")
+        if rngs is not None and len(rngs) != self.world.world_size:
+            say(f"resumed on {self.world.world_size} rank(s) from a checkpoint of {len(rngs)}: the tables are "
+                "resharded; random draws (dropout) continue from rank 0's stream")
         try:
-            torch.set_rng_state(payload["rng"])
+            torch.set_rng_state(payload["rng"] if rngs is None or len(rngs) != self.world.world_size
+                                else rngs[self.world.rank])
         except (RuntimeError, TypeError) as exc:
             raise CheckpointError(f"checkpoint {path}: its RNG state is damaged ({exc})") from None
-        best = self.checkpoint_dir / checkpoint.BEST
-        if self.state.best_step >= 0 and best.is_file():
+        best = self.checkpoint_dir / (checkpoint.BEST.removesuffix(".pt") if self.world.distributed else checkpoint.BEST)
+        if self.state.best_step >= 0 and best.exists():
             self._best_path = best
         self._resumed = True
         say(f"resumed from {path.name}: epoch {self.state.epoch}, step {self.state.step}")
@@ -273,7 +295,9 @@ class Trainer:
     def _check_resumable(self, payload: dict[str, Any], path: Path) -> None:
         """Refuse to resume under settings that change the model, its data or the batch order."""
         saved, now = payload["config"], self.config.to_dict()
-        keys = [("model", None), ("seed", None), ("fae", None), ("embeddings", None)] + [("train", k) for k in RESUME_FIXED_TRAIN] + [
+        # embeddings: is where the tables live (one process, sharded by any plan over any ranks): the
+        # logical state loads into any placement, so a run may resume resharded
+        keys = [("model", None), ("seed", None), ("fae", None)] + [("train", k) for k in RESUME_FIXED_TRAIN] + [
             ("data", k) for k in RESUME_FIXED_DATA
         ]
         differ = []
@@ -404,8 +428,7 @@ class Trainer:
                     self.state.epoch += 1
                     self.state.batch_in_epoch = 0
         if self._best_path is not None and cfg.early_stopping_patience:
-            best = checkpoint.load(self._best_path, map_location=self.device, require=("model",))
-            checkpoint.load_state(self.model, best["model"], self._best_path)
+            checkpoint.load_model(self.model, checkpoint.load(self._best_path, map_location=self.device, require=("model",)))
             say(f"kept the best model: step {self.state.best_step}, val auc {self.state.best_auc:.4f}")
         if self._scratch is not None:
             self._scratch.cleanup()
