@@ -177,6 +177,7 @@ PLUGGED: list[tuple[tuple[str, ...], str, str, str]] = [
     ((), "models", "recstack.analyze.zoo_report", "the model zoo: parameters, bytes, FLOPs per sample, class"),
     ((), "profile", "recstack.analyze.profile", "a few training steps under torch.profiler, time by operator family"),
     ((), "plan", "recstack.train.plan_command", "a sharding plan for N ranks: tables' shardings, bytes per rank, predicted all-to-all"),
+    (("bench",), "dist", "recstack.bench.dist_bench", "sharded training on N ranks x 1 thread against 1 process x 2 threads"),
     ((), "serve", "recstack.serve.server", "serve a model over HTTP: JSON ranking API, Prometheus metrics, load shedding"),
     ((), "loadgen", "recstack.serve.loadgen_cli", "open-loop load test of an engine or server: latency percentiles against load"),
     ((), "sched", "recstack.serve.sched", "DeepRecSched: tune query splitting and offload for latency-bounded throughput"),
