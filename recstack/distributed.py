@@ -48,7 +48,10 @@ class World:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        """Part of a torch.distributed job (torchrun started it; a job of one rank too)."""
+        import torch.distributed as dist
+
+        return dist.is_initialized()
 
     @property
     def is_main(self) -> bool:
@@ -56,8 +59,8 @@ class World:
 
 
 def launched() -> bool:
-    """Whether torchrun started this process as one rank of several."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """Whether torchrun started this process (as one rank of a job, possibly of one rank)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_PORT" in os.environ
 
 
 def join(device: str = "cpu") -> World:
@@ -78,7 +81,7 @@ def join(device: str = "cpu") -> World:
     else:
         where = torch.device("cpu")
     world = World(env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"], where)
-    if not world.distributed:
+    if not launched():
         return world
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_world_size))
     if not dist.is_initialized():
@@ -91,6 +94,15 @@ def join(device: str = "cpu") -> World:
                               f"{where_to} within {JOIN_TIMEOUT.total_seconds():.0f} s "
                               f"({str(exc).splitlines()[0][:160]})") from None
     return world
+
+
+def comm_device() -> torch.device:
+    """Where collectives take their tensors: the GPU with NCCL, the host with gloo."""
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def leave() -> None:
@@ -142,8 +154,9 @@ def agree(error: Exception | None, what: str) -> None:
         if error is not None:
             raise error
         return
-    failed = torch.tensor([0 if error is None else 1 + dist.get_rank()], dtype=torch.int64)
-    flags = [torch.zeros(1, dtype=torch.int64) for _ in range(dist.get_world_size())]
+    device = comm_device()
+    failed = torch.tensor([0 if error is None else 1 + dist.get_rank()], dtype=torch.int64, device=device)
+    flags = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(dist.get_world_size())]
     dist.all_gather(flags, failed)
     if error is not None:
         raise error

@@ -38,7 +38,7 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 
 from recstack.data.batch import JaggedFeatures
-from recstack.distributed import Collectives
+from recstack.distributed import Collectives, comm_device
 from recstack.embeddings.base import (
     EmbeddingCollection,
     SequenceEmbeddings,
@@ -255,7 +255,7 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
             width = max(int(keep.max()) if batch else 0, 1)
             slot = torch.repeat_interleave(torch.arange(batch), keep) * width + _position_in_bag(keep)
             found = vectors[f]
-            padded = found.new_zeros(batch * width, found.shape[1]).index_copy(0, slot, found)
+            padded = found.new_zeros(batch * width, found.shape[1]).index_copy(0, slot.to(found.device), found)
             out[f] = SequenceEmbeddings(padded.view(batch, width, -1), keep)
         return out
 
@@ -381,7 +381,7 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
             elif b.sharding == ROW_WISE:
                 full = values[0].new_zeros(rows[feature], self.table(b.table).embedding_dim)
                 for _, r, p in shards:
-                    full = full.index_copy(0, r.position, p)
+                    full = full.index_copy(0, r.position.to(p.device), p)
                 out[feature] = full
             else:
                 out[feature] = values[0]
@@ -392,7 +392,13 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
     def _all_to_all(self, kind: str, output: torch.Tensor, data: torch.Tensor, out_splits: list[int] | None = None,
                     in_splits: list[int] | None = None) -> torch.Tensor:
         start = time.perf_counter()
-        dist.all_to_all_single(output, data, out_splits, in_splits)
+        device = comm_device()
+        if device.type == "cpu":
+            dist.all_to_all_single(output, data, out_splits, in_splits)
+        else:  # NCCL takes GPU tensors; the routing stays on the host
+            moved = output.to(device)
+            dist.all_to_all_single(moved, data.to(device), out_splits, in_splits)
+            output.copy_(moved)
         self._count(kind, data, in_splits, time.perf_counter() - start)
         return output
 
@@ -401,6 +407,7 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
             # a rank that owns none of these blocks still takes part in the backward exchange
             data = data.detach().requires_grad_(True)
         start = time.perf_counter()
+        data = data.to(comm_device()) if comm_device().type != data.device.type else data
         output = dist_fn.all_to_all_single(data.new_empty(sum(out_splits)), data, out_splits, in_splits)
         self._count(kind, data, in_splits, time.perf_counter() - start)
         if self.training and torch.is_grad_enabled() and data.requires_grad:  # backward sends back the same sizes
@@ -451,11 +458,13 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
                                                            torch.zeros(0, c.dim, dtype=c.dtype))
         start = time.perf_counter()
         sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world_size)]
-        dist.all_gather(sizes, torch.tensor([rows.numel()]))
+        device = comm_device()
+        sizes = [s.to(device) for s in sizes]
+        dist.all_gather(sizes, torch.tensor([rows.numel()], device=device))
         most = max(int(n) for n in sizes)
-        padded_rows = torch.zeros(most, dtype=torch.int64)
+        padded_rows = torch.zeros(most, dtype=torch.int64, device=device)
         padded_rows[: rows.numel()] = rows
-        padded_grads = grads.new_zeros(most, c.dim)
+        padded_grads = grads.new_zeros(most, c.dim, device=device)
         padded_grads[: rows.numel()] = grads
         all_rows = [torch.empty_like(padded_rows) for _ in range(self.world_size)]
         all_grads = [torch.empty_like(padded_grads) for _ in range(self.world_size)]
@@ -464,9 +473,9 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
         sent = (self.world_size - 1) * (8 + most * (8 + c.dim * padded_grads.element_size()))
         self.comm.add("all_gather", sent, time.perf_counter() - start)
         n = [int(k) for k in sizes]
-        rows = torch.cat([r[:k] for r, k in zip(all_rows, n)])
+        rows = torch.cat([r[:k] for r, k in zip(all_rows, n)]).to(c.weight.device)
         if rows.numel():
-            unique, summed = sum_duplicate_rows(rows, torch.cat([g[:k] for g, k in zip(all_grads, n)]))
+            unique, summed = sum_duplicate_rows(rows, torch.cat([g[:k] for g, k in zip(all_grads, n)]).to(c.weight.device))
             update_rows(self.optimizer, c.weight, c.optimizer_state, unique, summed, lr)
 
     def discard_gradients(self) -> None:
@@ -530,7 +539,7 @@ def build(tables: list[TableConfig], placement: Placement) -> EmbeddingCollectio
     """Shards over the job's ranks by the placement's sharding plan (default: table-wise)."""
     from recstack.embeddings.sharding import TABLE_WISE
 
-    if torch.device(placement.device).type == "meta" or not dist.is_initialized() or dist.get_world_size() == 1:
+    if torch.device(placement.device).type == "meta" or not dist.is_initialized():
         # sizing on meta, or a world of one (evaluate, predict, serve a sharded checkpoint): every row here
         return DenseEmbeddingCollection(tables, placement.optimizer, device=placement.device)
     plan = placement.sharding

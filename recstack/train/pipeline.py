@@ -78,7 +78,9 @@ class TrainStep:
         """This rank's rows over the global batch's (an all-reduce of one number)."""
         import torch.distributed as dist
 
-        rows = torch.tensor([float(batch.batch_size)], dtype=torch.float64)
+        from recstack.distributed import comm_device
+
+        rows = torch.tensor([float(batch.batch_size)], dtype=torch.float64, device=comm_device())
         dist.all_reduce(rows)
         self.global_rows = int(rows)
         return batch.batch_size / float(rows)
