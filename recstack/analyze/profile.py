@@ -211,7 +211,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     from recstack.models.zoo import build_model
     from recstack.progress import console, is_quiet, say
     from recstack.report import check_output_path, new_report, write_report
-    from recstack.train.run import open_dataset
+    from recstack.train.datasets import open_dataset
     from recstack.train.trainer import Trainer
 
     check_output_path(args.report)

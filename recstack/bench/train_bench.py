@@ -25,7 +25,7 @@ from recstack.errors import ConfigError
 from recstack.models.zoo import build_model, describe
 from recstack.progress import console, is_quiet, say
 from recstack.report import check_output_path, new_report, write_report
-from recstack.train.run import synthetic_dataset
+from recstack.train.datasets import synthetic_dataset
 from recstack.train.trainer import Trainer
 
 ROUNDS = 5

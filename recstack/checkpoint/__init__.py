@@ -14,7 +14,6 @@ from recstack.checkpoint.format import (
     latest,
     list_checkpoints,
     load,
-    load_model,
     load_state,
     prune,
     rebuild_model,
@@ -24,6 +23,7 @@ from recstack.checkpoint.format import (
     vocab_from_tensors,
     vocab_to_tensors,
 )
+from recstack.checkpoint.model_state import load_model
 
 __all__ = ["BEST", "FORMAT", "PARTS", "RESUMING", "SCORING", "VERSION", "checkpoint_name", "latest",
            "list_checkpoints", "load", "load_model", "load_state", "prune", "rebuild_model", "require_finite", "resolve", "save",

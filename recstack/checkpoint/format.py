@@ -31,6 +31,9 @@ whatever collection wrote them; 1 stored a collection's fused buffer, which load
 _NAME = re.compile(r"^ckpt-(\d{10})(\.pt)?$")
 """A checkpoint: a file (one process) or a directory (sharded over ranks)."""
 BEST = "best.pt"
+META, TABLES = "meta.pt", "tables"
+"""A sharded checkpoint's directory: the meta file (a checkpoint file without the tables) and the
+tables' shards (recstack.checkpoint.sharded)."""
 PARTS: dict[str, type] = {
     "config": dict, "schema": dict, "model": dict, "trainer": dict, "vocab": dict, "dense_optimizer": dict,
     "rng": torch.Tensor,
@@ -115,10 +118,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", require: tu
     """The payload of a checkpoint file (or of a directory's latest). `require`: the parts the caller
     reads (see PARTS); a file without one of them, or with one of another type, is refused here."""
     path = resolve(path)
-    if path.is_dir():  # a sharded checkpoint: its meta file, and where its tables are
-        from recstack.checkpoint.sharded import load_meta
-
-        payload = _checked(load_meta(path, map_location), path, require)
+    if path.is_dir():  # a sharded checkpoint: its meta file (a checkpoint file), and where its tables are
+        payload = load(path / META, map_location, require)
+        payload.update(path=str(path), tables_dir=str(path / TABLES))
         return payload
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): not a checkpoint, or its copy did not finish")
@@ -190,27 +192,6 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
 
 
-def load_model(model: Any, payload: dict[str, Any]) -> None:
-    """The model's state from a loaded checkpoint, one file or sharded (its tables resharded into the
-    model's placement), refused with one line when it does not fit or holds NaN."""
-    path = payload["path"]
-    if "tables_dir" in payload:
-        from recstack.checkpoint.sharded import is_table_key, load_tables
-
-        try:
-            missing, unexpected = model.load_state_dict(payload["model"], strict=False)
-        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"checkpoint {path}: its model state does not fit the model ({_first_line(exc)})") from None
-        wrong = [k for k in missing if not is_table_key(k)] + list(unexpected)
-        if wrong:
-            raise CheckpointError(f"checkpoint {path}: its model state does not fit the model (keys {wrong[:5]})")
-        load_tables(model, payload["tables_dir"], path)
-        require_finite({k: v for k, v in model.state_dict().items() if not is_table_key(k)}, path)
-        return
-    load_state(model, payload["model"], path)
-    require_finite(payload["model"], path)
-
-
 def load_state(module: Any, state: Any, path: str | Path, what: str = "model") -> None:
     """module.load_state_dict(state), refused with one line when the state does not fit the module
     (other shapes or keys, or values that are not tensors)."""
@@ -237,7 +218,7 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     if not directory.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in directory.iterdir()
-             if (m := _NAME.match(p.name)) and (p.is_file() or (p / "meta.pt").is_file())]
+             if (m := _NAME.match(p.name)) and (p.is_file() or (p / META).is_file())]
     return [p for _, p in sorted(found)]
 
 
@@ -249,7 +230,7 @@ def latest(directory: str | Path) -> Path | None:
 def resolve(path: str | Path) -> Path:
     """A checkpoint file, or a directory meaning its latest checkpoint."""
     path = Path(path)
-    if path.is_dir() and (path / "meta.pt").is_file():  # one sharded checkpoint
+    if path.is_dir() and (path / META).is_file():  # one sharded checkpoint
         return path
     if path.is_dir():
         newest = latest(path)

@@ -23,11 +23,8 @@ from typing import Any
 import torch
 from torch.distributed.tensor import DTensor
 
-from recstack.checkpoint.format import FORMAT, VERSION, _first_line, fsync_directory, save
+from recstack.checkpoint.format import META, TABLES, _first_line, fsync_directory, save
 from recstack.errors import CheckpointError
-
-META = "meta.pt"
-TABLES = "tables"
 
 
 def is_table_key(key: str) -> bool:
@@ -56,17 +53,6 @@ def save_sharded(path: Path, payload: dict[str, Any], model: torch.nn.Module, rn
         fsync_directory(path.parent)
     dist.barrier()
     return path
-
-
-def load_meta(path: Path, map_location: Any) -> dict[str, Any]:
-    """The meta file's payload of a sharded checkpoint directory."""
-    payload = torch.load(path / META, map_location=map_location, weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a recstack checkpoint (its {META} is foreign)")
-    if not isinstance(payload.get("version"), int) or payload["version"] > VERSION:
-        raise CheckpointError(f"{path} was written by a newer recstack (format version {payload.get('version')!r})")
-    payload["tables_dir"] = str(path / TABLES)
-    return payload
 
 
 def load_tables(model: torch.nn.Module, tables_dir: str | Path, path: str | Path) -> None:

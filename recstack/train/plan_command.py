@@ -180,7 +180,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     from recstack.config import parse_overrides, resolve
     from recstack.progress import is_quiet, say
     from recstack.report import check_output_path, new_report, write_report
-    from recstack.train.run import open_dataset
+    from recstack.train.datasets import open_dataset
 
     check_output_path(args.report)
     overrides = parse_overrides(extra)

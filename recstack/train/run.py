@@ -3,7 +3,6 @@ train, evaluate, print a summary and write the JSON report."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -11,47 +10,14 @@ from typing import Any
 import torch
 
 from recstack.config import Config
-from recstack.data.store import SCHEMA_FILE, Dataset
+from recstack.data.store import Dataset
 from recstack.distributed import World, agree, join, launched
 from recstack.errors import ConfigError, RecstackError
 from recstack.models.zoo import build_model, describe
 from recstack.progress import console, is_quiet, say, set_quiet
 from recstack.report import check_output_path, new_report, write_report
+from recstack.train.datasets import cache_dir, open_dataset, synthetic_dataset  # noqa: F401 (their home before)
 from recstack.train.trainer import Trainer, resolve_device
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("RECSTACK_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "recstack"
-    )
-    return Path(base)
-
-
-def synthetic_dataset(config: Config) -> Path:
-    """The synthetic dataset this config asks for, generated once and cached by its parameters."""
-    from recstack.data.synth import generate
-
-    d = config.data
-    key = f"{d.synth_preset}-rows{d.synth_rows}-scale{config.model.scale:g}-test{d.synth_test_fraction:g}-seed{config.seed}"
-    path = cache_dir() / "synth" / key
-    if not (path / SCHEMA_FILE).is_file():
-        say(f"generating synthetic data: preset {d.synth_preset}, {d.synth_rows:,} rows, scale {config.model.scale:g} -> {path}")
-        generate(
-            d.synth_preset,
-            d.synth_rows,
-            path,
-            seed=config.seed,
-            scale=config.model.scale,
-            test_fraction=d.synth_test_fraction,
-            show_progress=not is_quiet(),
-        )
-    return path
-
-
-def open_dataset(config: Config) -> Dataset:
-    if config.data.path:
-        return Dataset(config.data.path)
-    return Dataset(synthetic_dataset(config))
 
 
 def fae_partition(config: Config, dataset: Dataset):
