@@ -121,7 +121,7 @@ def test_schema_health_and_openapi(client):
 
 @pytest.mark.parametrize("mutate,status,message", [
     (lambda b: b["candidates"].update(bogus=[1] * 5), 422, "unknown features"),
-    (lambda b: b["candidates"].pop("C2"), 422, "missing features"),
+    (lambda b: b["candidates"].pop("C2"), 422, "1 missing features: C2;"),
     (lambda b: b["shared"].update(C2=3), 422, "both in shared and in candidates"),
     (lambda b: b["candidates"]["C2"].__setitem__(0, 1000), 422, "out of range"),
     (lambda b: b["candidates"]["C2"].__setitem__(0, -1), 422, "out of range"),
@@ -205,9 +205,15 @@ def test_criteo_hex_values_map_to_the_ids_prepare_wrote(tmp_path):
     dataset = Dataset(tmp_path / "data")
     assert len(dataset) == 300 and dataset.schema.vocab
     fields = [line.split("\t") for line in lines]
+    # the raw values of the TSV, as `predict --input` reads them: the server applies log(1 + max(x, 0)),
+    # and an empty field (sent as null or "") is missing, as in training
+    assert any(f[1 + j] == "" for f in fields for j in range(13)) and any(f[1 + j].startswith("-") for f in fields
+                                                                          for j in range(13))
     body = {"candidates": {
-        **{f"I{j + 1}": [math.log1p(max(int(f[1 + j] or 0), 0)) for f in fields] for j in range(13)},
-        **{f"C{j + 1}": [f[14 + j] for f in fields] for j in range(26)},
+        **{f"I{j + 1}": [None if f[1 + j] == "" and k % 2 else f[1 + j] if k % 3 == 0 else
+                         (int(f[1 + j]) if f[1 + j] else "") for k, f in enumerate(fields)] for j in range(13)},
+        **{f"C{j + 1}": [None if f[14 + j] == "" and k % 2 else f[14 + j] for k, f in enumerate(fields)]
+           for j in range(26)},
     }}
     batch = encoder_for(dataset).encode(RankRequest.model_validate(body))
     expected = dataset.gather(slice(0, 300))
@@ -218,6 +224,8 @@ def test_criteo_hex_values_map_to_the_ids_prepare_wrote(tmp_path):
     probe = {"candidates": {**{k: v[:4] for k, v in body["candidates"].items()}, "C1": [known.upper(), "ffffffff", "", known]}}
     got = ids_of(encoder_for(dataset).encode(RankRequest.model_validate(probe)), "C1")
     assert got[0] == got[3] == ids_of(expected, "C1")[0] >= FIRST_VOCAB_ID and got[1:3] == [OOV_ID, MISSING_ID]
+    with pytest.raises(RequestError, match="38 missing features: I1, I2, .*I10 and 28 more"):
+        encoder_for(dataset).encode(RankRequest.model_validate({"candidates": {"C1": [known]}}))
     with pytest.raises(RequestError, match="not a Criteo categorical value"):
         probe["candidates"]["C1"][1] = "0x12"
         encoder_for(dataset).encode(RankRequest.model_validate(probe))
@@ -232,12 +240,14 @@ def test_table_text_values_map_to_the_ids_prepare_wrote(tmp_path, hashed):
     spec = {"label": "click", "dense": ["price"], "categorical": ["city", "item"], **({"hash_buckets": 101} if hashed else {})}
     prepare_table(tmp_path / "t.csv", spec, tmp_path / "data", show_progress=False)
     dataset = Dataset(tmp_path / "data")
-    body = {"shared": {}, "candidates": {"price": [math.log1p(x) for x in (3.5, 0, 12, 7)],
+    body = {"shared": {}, "candidates": {"price": [3.5, None, "12", 7],
                                          "city": ["paris", "berlin", "paris", "rome"], "item": ["a1", "b2", "c3", "a1"]}}
     encoder = encoder_for(dataset)
     assert encoder.kinds == {"price": "dense", "city": "raw", "item": "raw"}
     batch = encoder.encode(RankRequest.model_validate(body))
     assert torch.equal(batch.sparse.values, dataset.gather(slice(0, 4)).sparse.values)
+    torch.testing.assert_close(batch.dense, dataset.gather(slice(0, 4)).dense)  # raw values, transformed here
+    assert batch.dense[:, 0].tolist() == pytest.approx([math.log1p(x) for x in (3.5, 0, 12, 7)])
     unseen = encoder.encode(RankRequest.model_validate({"shared": {"price": 1.0, "city": "oslo"},
                                                         "candidates": {"item": ["", "zz"]}}))
     if not hashed:
@@ -245,7 +255,12 @@ def test_table_text_values_map_to_the_ids_prepare_wrote(tmp_path, hashed):
     else:
         assert ids_of(unseen, "item")[0] == MISSING_ID and min(ids_of(unseen, "city")) >= FIRST_VOCAB_ID
     with pytest.raises(RequestError, match="raw categorical values must be strings"):
-        encoder.encode(RankRequest.model_validate({"shared": {"price": 1.0, "city": 3}, "candidates": {"item": ["a1"]}}))
+        encoder.encode(RankRequest.model_validate({"shared": {"price": 1.0, "city": 3.5}, "candidates": {"item": ["a1"]}}))
+    with pytest.raises(RequestError, match="'cheap' is not a number"):
+        encoder.encode(RankRequest.model_validate({"shared": {"price": "cheap", "city": "x"}, "candidates": {"item": ["a1"]}}))
+    described = {f["name"]: f for f in encoder.describe()["features"]}
+    assert described["price"]["transform"] == "log1p" and "log(1 + max(x, 0))" in described["price"]["expects"]
+    assert "missing" in described["city"]["expects"]
 
 
 # --- a live server: metrics, shedding, shutdown -------------------------------------------------

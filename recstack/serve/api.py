@@ -4,11 +4,15 @@ A query names features by the model's schema: a `shared` part (the user and cont
 per feature, the same for every candidate) and `candidates` (one column per feature, N values:
 the N items to rank). Every schema feature appears in exactly one of the two. Values by kind:
 
-- dense: a finite number (the model's input value: for Criteo, log(1 + max(x, 0)), as prepared);
+- dense: for data prepared from raw files (Criteo TSV, `data prepare table`), the RAW value, as in
+  the file that `predict --input` reads: a number (or its text), transformed here exactly as training's
+  preparation did (the schema's dense transform, e.g. log(1 + max(x, 0))); null or "" is a missing
+  value, which training read as 0 before the transform. For data without a raw form (synthetic), the
+  model's input value itself, a finite number;
 - id: an integer id in [0, num_embeddings) (data without a vocabulary: synthetic, pre-encoded);
 - raw: a raw categorical value as a string, mapped through the checkpoint's vocabulary (unseen ->
-  the OOV id 0, "" -> the missing id 1) or hashed as at training time; Criteo values are the hex
-  keys of the TSV, other tables' values their text.
+  the OOV id 0, "" or null -> the missing id 1) or hashed as at training time; Criteo values are the
+  hex keys of the TSV, other tables' values their text (an integer reads as its decimal text).
 
 A sparse value is one id (or raw value) or a list of them (a bag); a feature of fixed bag length
 L takes exactly L per candidate, a variable-length one (a behaviour sequence, oldest first) any
@@ -98,6 +102,21 @@ def _all_of(values: list[Any], *types: type) -> bool:
     return set(map(type, values)) <= set(types)
 
 
+_TRANSFORM_TEXT = {"log1p": "log(1 + max(x, 0))", "none": "no transform (the value as is)"}
+
+
+def dense_transform_of(schema: Schema) -> str | None:
+    """The transform training's preparation applied to raw dense values ("log1p" or "none"), or None
+    for data without a raw form (synthetic: its dense values are the model's inputs)."""
+    info = schema.info or {}
+    table = info.get("table_schema")
+    if isinstance(table, dict):
+        return str(table.get("dense_transform", "log1p"))
+    if (info.get("source") or {}).get("format") == "criteo-tsv":
+        return "log1p"
+    return None
+
+
 class RequestEncoder:
     """JSON queries -> Batches for one model's schema and vocabularies."""
 
@@ -112,18 +131,34 @@ class RequestEncoder:
             from recstack.data.vocab import VocabIndex
 
             self._vocab = {name: VocabIndex(values) for name, values in vocab.items()}
+        self.dense_transform = dense_transform_of(schema)
         self.kinds: dict[str, str] = {name: "dense" for name in schema.dense_names}
         for f in schema.sparse:
             self.kinds[f.name] = "raw" if f.name in self._vocab or self.hash_buckets else "id"
 
     def describe(self) -> dict[str, Any]:
         """The features a query must give (GET /v1/schema)."""
-        features = [{"name": name, "kind": "dense"} for name in self.schema.dense_names]
+        if self.dense_transform is None:
+            dense = {"kind": "dense", "expects": "the model's input value (a finite number); no transform is applied"}
+        else:
+            formula = _TRANSFORM_TEXT[self.dense_transform]
+            dense = {"kind": "dense", "transform": self.dense_transform,
+                     "expects": f"the raw value (a number, or its text); the server applies {formula} as training's "
+                                "preparation did; null or \"\" is missing (0 before the transform, as in training)"}
+        features = [{"name": name, **dense} for name in self.schema.dense_names]
         for f in self.schema.sparse:
-            features.append({"name": f.name, "kind": self.kinds[f.name], "num_embeddings": f.num_embeddings,
-                             "bag_length": f.length, "sequence": f.sequence})
+            feature = {"name": f.name, "kind": self.kinds[f.name], "num_embeddings": f.num_embeddings,
+                       "bag_length": f.length, "sequence": f.sequence}
+            if self.kinds[f.name] == "raw":
+                feature["expects"] = ("a raw value: " + ("hex key as in the Criteo TSV" if self.hex_keys else
+                                      "its text, as in the table file") + "; null or \"\" is missing (the missing id "
+                                      "1), an unseen value the OOV id 0")
+            else:
+                feature["expects"] = f"an integer id in [0, {f.num_embeddings})"
+            features.append(feature)
         raw = "hex keys as in the Criteo TSV" if self.hex_keys else "the value's text (hashed as at training time)"
         return {"features": features, "tasks": list(self.schema.label_names), "raw_values": raw,
+                "dense_values": "raw (transformed by the server)" if self.dense_transform else "model input values",
                 "max_candidates": self.max_candidates}
 
     # --- one query ----------------------------------------------------------------------------
@@ -149,7 +184,9 @@ class RequestEncoder:
             raise RequestError(f"{n} candidates in one query; this server takes at most {self.max_candidates}")
         missing = [name for name in self.kinds if name not in shared and name not in columns]
         if missing:
-            raise RequestError(f"missing features {missing[:10]}: give each in shared or in candidates")
+            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise RequestError(f"{len(missing)} missing features: {', '.join(missing[:10])}{more}; give each in "
+                               "shared or in candidates (GET /v1/schema lists them)")
         dense = np.zeros((n, len(self.schema.dense_names)), dtype=np.float32)
         for j, name in enumerate(self.schema.dense_names):
             dense[:, j] = self._dense(name, shared[name], n, "shared") if name in shared else self._dense(
@@ -179,6 +216,9 @@ class RequestEncoder:
 
     def _dense(self, name: str, value: Any, n: int, where: str) -> np.ndarray:
         items = [value] if where == "shared" else value
+        if self.dense_transform is not None:
+            column = self._raw_dense(name, items, where)
+            return column if where == "candidates" else np.full(n, column[0], dtype=np.float32)
         if not _all_of(items, int, float):
             raise RequestError(f"{where}.{name}: dense values must be numbers, got {_wrong_types(items, int, float)}")
         try:
@@ -188,6 +228,29 @@ class RequestEncoder:
         if not np.isfinite(column).all():
             raise RequestError(f"{where}.{name}: dense values must be finite (no NaN, no infinity, within float32)")
         return column if where == "candidates" else np.full(n, column[0], dtype=np.float32)
+
+    def _raw_dense(self, name: str, items: list[Any], where: str) -> np.ndarray:
+        """Raw dense values -> the model's inputs, as training's preparation made them: null or "" is
+        missing (0), then the schema's transform."""
+        if not _all_of(items, int, float, str, type(None)):
+            raise RequestError(f"{where}.{name}: dense values must be numbers (or null for missing), "
+                               f"got {_wrong_types(items, int, float, str, type(None))}")
+        values = np.zeros(len(items), dtype=np.float64)
+        for i, item in enumerate(items):
+            if item is None or (type(item) is str and not item.strip()):
+                continue
+            try:
+                values[i] = float(item)
+            except (ValueError, OverflowError):
+                raise RequestError(f"{where}.{name}: {str(item)[:40]!r} is not a number") from None
+        if not np.isfinite(values).all():
+            raise RequestError(f"{where}.{name}: dense values must be finite (no NaN, no infinity)")
+        if self.dense_transform == "log1p":
+            values = np.log1p(np.maximum(values, 0.0))
+        column = values.astype(np.float32)
+        if not np.isfinite(column).all():
+            raise RequestError(f"{where}.{name}: dense values must be finite (no NaN, no infinity, within float32)")
+        return column
 
     @staticmethod
     def _bag(value: Any) -> list[Any]:
@@ -214,8 +277,12 @@ class RequestEncoder:
                 bad = int(ids[(ids < 0) | (ids >= feature.num_embeddings)][0])
                 raise RequestError(f"{where}.{name}: id {bad} is out of range [0, {feature.num_embeddings})")
             return ids
-        if not _all_of(values, str):
-            raise RequestError(f"{where}.{name}: raw categorical values must be strings, got {_wrong_types(values, str)}")
+        if not _all_of(values, str, type(None), *(() if self.hex_keys else (int,))):
+            allowed = (str, type(None)) if self.hex_keys else (str, int, type(None))
+            raise RequestError(f"{where}.{name}: raw categorical values must be strings (or null for missing), "
+                               f"got {_wrong_types(values, *allowed)}")
+        # null is missing, as an empty field is; an integer of a table reads as its text in the file
+        values = ["" if v is None else v if type(v) is str else str(v) for v in values]
         return self._encode_raw(name, values, where)
 
     def _encode_raw(self, name: str, values: list[str], where: str) -> np.ndarray:
