@@ -130,12 +130,19 @@ def launch(nproc: int, module_args: list[str], nnodes: int = 1, node_rank: int =
     args = get_args_parser().parse_args([
         "--nproc-per-node", str(nproc), "--nnodes", str(nnodes), "--node-rank", str(node_rank),
         "--master-addr", host, "--master-port", port, "--max-restarts", "0",
+        "--rdzv-conf", f"timeout={int(JOIN_TIMEOUT.total_seconds())}",
         "-m", "recstack.cli", *module_args,
     ])
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed import DistStoreError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError, RendezvousTimeoutError
 
     try:
         run(args)
+    except (RendezvousTimeoutError, RendezvousError, DistStoreError) as exc:
+        raise ConfigError(f"the {nnodes} node(s) did not all reach the rendezvous at {host}:{port} within "
+                          f"{JOIN_TIMEOUT.total_seconds():.0f} s (RECSTACK_DIST_TIMEOUT): start every node's launcher "
+                          f"({type(exc).__name__})") from None
     except ChildFailedError as exc:
         failures = exc.failures
         first = min(failures.values(), key=lambda f: f.timestamp) if failures else None

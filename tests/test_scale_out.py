@@ -119,3 +119,12 @@ def test_a_plan_for_another_model_is_one_line(tmp_path, data):
     assert proc.returncode != 0
     assert "the sharding plan does not match the model" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_node_that_never_comes_is_a_timeout_with_one_line(tmp_path, data):
+    env = {**ENV, "RECSTACK_DIST_TIMEOUT": "5"}
+    proc = subprocess.run([*RECSTACK, "train", "--nproc", "1", "--nnodes", "2", "--node-rank", "0", "--data", str(data),
+                           "--model.preset", "tiny", "--quiet"], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2
+    assert "did not all reach the rendezvous at 127.0.0.1:" in proc.stderr
+    assert "Traceback" not in proc.stderr
