@@ -341,3 +341,54 @@ def test_multitask_wide_deep_recipe_within_002_of_true_auc(tmp_path):
     assert set(tasks) == set(true_auc) == {"label_0", "label_1"}
     for name, metrics in tasks.items():
         assert true_auc[name] - 0.02 <= metrics["auc"] <= true_auc[name] + 0.005, (name, metrics["auc"], true_auc[name])
+
+
+# --- tables with no dense features (Avazu-like, all categorical) --------------------------------
+
+
+@pytest.fixture(scope="module")
+def all_categorical(tmp_path_factory) -> Dataset:
+    """A CTR table of categorical columns only, prepared with `data prepare table`: the label follows
+    the site column, so a model that reads its ids learns it."""
+    from recstack.data.table import prepare_table
+
+    root = tmp_path_factory.mktemp("all-categorical")
+    g = torch.Generator().manual_seed(0)
+    sites, devices = torch.randint(0, 20, (3000,), generator=g), torch.randint(0, 5, (3000,), generator=g)
+    clicks = (torch.rand(3000, generator=g) < torch.where(sites < 10, 0.8, 0.1)).int()
+    rows = ["click,site,device"] + [f"{c},s{s},d{d}" for c, s, d in zip(clicks.tolist(), sites.tolist(), devices.tolist())]
+    (root / "t.csv").write_text("\n".join(rows) + "\n")
+    prepare_table(root / "t.csv", {"label": "click", "categorical": ["site", "device"]}, root / "data",
+                  split_tail=0.2, show_progress=False)
+    return Dataset(root / "data")
+
+
+@pytest.mark.parametrize("model", [
+    {"name": "dlrm", "bottom_mlp": [8], "top_mlp": [16, 1]},
+    {"name": "dlrm", "bottom_mlp": [8], "top_mlp": [16, 1], "interaction": "cat"},
+    {"name": "dcn-v2", "bottom_mlp": [8], "top_mlp": [16, 1]},
+    {"name": "deepfm", "top_mlp": [16, 1]},
+    {"name": "wnd", "top_mlp": [16, 1]},
+])
+def test_every_ctr_model_trains_on_a_table_with_no_dense_features(all_categorical, model):
+    import warnings
+
+    dataset = all_categorical
+    assert dataset.schema.dense_names == []
+    config = Config()
+    apply_mapping(config, {"model": {"embedding_dim": 8, **model},
+                           "train": {"batch_size": 100, "lr": 0.01, "sparse_lr": 0.1, "epochs": 1}})
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "Initializing zero-element tensors is a no-op" among them
+        trainer = Trainer(config, dataset, build_model(config, dataset.schema))
+        held_out = next(iter(BatchLoader(dataset, dataset.split("test"), 600, shuffle=False, prefetch=0).epoch(0)))
+        assert held_out.dense.shape == (600, 0)
+        for _, batch in zip(range(60), trainer.loader.epoch(0)):
+            trainer.train_step(batch)
+        with torch.no_grad():
+            trainer.model.eval()
+            loss = trainer.model.task_loss(trainer.model(held_out), held_out.labels).item()
+    rate = held_out.labels.mean()
+    constant = F.binary_cross_entropy(rate.expand(held_out.labels.shape), held_out.labels).item()
+    assert loss < constant - 0.05, (loss, constant)

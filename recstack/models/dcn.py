@@ -70,7 +70,7 @@ class DCNv2(RecModel):
 
 def build(ctx: ModelContext) -> DCNv2:
     m = ctx.config
-    ctx.require(dense=True, pooled=1, single_task=True, model="DCN-v2")
+    ctx.require(pooled=1, single_task=True, model="DCN-v2")
     require_logit("model.top_mlp", m.top_mlp)
     if not m.bottom_mlp:
         raise ConfigError("model.bottom_mlp is empty: DCN-v2 projects the dense features with a bottom MLP")

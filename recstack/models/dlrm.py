@@ -5,6 +5,9 @@ MLP that outputs a click logit.
     dense [B, 13] ── bottom MLP ──> x [B, D] ─┐
                                               ├─ interaction ── top MLP ──> logit [B]
     sparse ── EmbeddingCollection ─> [B, F, D]┘
+
+With no dense features (an all-categorical table) the bottom MLP's output is a learned constant
+vector, which the interaction still crosses with every embedding.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ class DLRM(RecModel):
 
 def build(ctx: ModelContext) -> DLRM:
     m = ctx.config
-    ctx.require(dense=True, pooled=1, model="DLRM")
+    ctx.require(pooled=1, model="DLRM")
     require_logit("model.top_mlp", m.top_mlp)
     if m.bottom_mlp[-1] != m.embedding_dim:
         raise ConfigError(

@@ -4,6 +4,7 @@ FM second order) and the wide (first-order linear) part over sparse ids and dens
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import replace
 
 import torch
@@ -13,6 +14,17 @@ from recstack.data.batch import JaggedFeatures
 from recstack.embeddings import EmbeddingCollection
 from recstack.errors import ConfigError
 from recstack.models.base import ModelContext
+
+
+def linear(fan_in: int, fan_out: int) -> nn.Linear:
+    """nn.Linear, also over no inputs (a table with no dense features): its weight [fan_out, 0] has
+    nothing to initialize, so torch's warning about initializing a zero-element tensor is not
+    printed. The layer's output is then its bias, a learned constant."""
+    if fan_in == 0:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op")
+            return nn.Linear(0, fan_out)
+    return nn.Linear(fan_in, fan_out)
 
 
 def require_logit(name: str, widths: list[int]) -> None:
@@ -34,11 +46,11 @@ class MLP(nn.Sequential):
         for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
             if dropout and i > 0:
                 layers.append(nn.Dropout(dropout))
-            linear = nn.Linear(fan_in, fan_out)
+            layer = linear(fan_in, fan_out)
             with torch.no_grad():
-                linear.weight.normal_(0.0, math.sqrt(2.0 / (fan_in + fan_out)))
-                linear.bias.normal_(0.0, math.sqrt(1.0 / fan_out))
-            layers.append(linear)
+                layer.weight.normal_(0.0, math.sqrt(2.0 / (fan_in + fan_out)))
+                layer.bias.normal_(0.0, math.sqrt(1.0 / fan_out))
+            layers.append(layer)
             if i < len(widths) - 2 or final_activation:
                 layers.append(nn.ReLU())
         super().__init__(*layers)
@@ -198,7 +210,7 @@ class WideLinear(nn.Module):
         super().__init__()
         self.embeddings = embeddings
         self.outputs = embeddings.tables[0].embedding_dim
-        self.dense = nn.Linear(num_dense, self.outputs)
+        self.dense = linear(num_dense, self.outputs)
         # A linear model starts at zero, its tables too (init "zeros", which `wide_linear` asks for;
         # a collection built otherwise is re-initialized by that spec). The tables' random init
         # (U(+-sqrt(1/rows))) would give every id a fixed noise logit to unlearn first; on the Criteo
