@@ -198,6 +198,9 @@ def test_schema_errors(tmp_path):
         prepare(src, {"header": False, "label": 0, "dense": [9]}, tmp_path / "ds")
     with pytest.raises(DataError, match="no usable rows"):
         prepare(write(tmp_path, "h.csv", "click,price,age,user id,city\n"), SCHEMA, tmp_path / "ds")
+    # one column as two features would give two model inputs of one name (the server could not take it)
+    with pytest.raises(ConfigError, match="age listed both as dense and as categorical"):
+        prepare(src, {**SCHEMA, "categorical": ["city", "age"]}, tmp_path / "ds")
     assert not (tmp_path / "ds" / SCHEMA_FILE).exists()
 
 

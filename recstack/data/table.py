@@ -202,6 +202,10 @@ def _check_spec(spec: TableSpec, where: str) -> None:
     if leaked:
         raise ConfigError(f"{where}: label column(s) {', '.join(map(str, leaked))} also listed as features; "
                           "a model given its label as input learns nothing useful")
+    both = [c for c in spec.dense if c in spec.categorical]
+    if both:
+        raise ConfigError(f"{where}: column(s) {', '.join(map(str, both))} listed both as dense and as categorical; "
+                          "a feature is one or the other (one name per model input): list each column once")
     if spec.format == "parquet" and not spec.header:
         raise ConfigError(f"{where}: a Parquet file always has column names; remove `header: false`")
 
