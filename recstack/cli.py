@@ -76,6 +76,21 @@ def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _check_out(inputs: Any, out: str, overwrite: bool) -> None:
+    """Refuse to prepare into a directory that already holds something, unless --overwrite (after
+    the inputs are found: a missing input is the first thing to say)."""
+    from pathlib import Path
+
+    from recstack.data.prepare import check_inputs
+    from recstack.errors import DataError
+
+    check_inputs(inputs)
+    path = Path(out)
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        what = "a dataset" if (path / "schema.json").exists() else "files"
+        raise DataError(f"--out {out} already holds {what}; give --overwrite to replace it, or another --out")
+
+
 def cmd_prepare_criteo(args: argparse.Namespace, extra: list[str]) -> int:
     from recstack.data.prepare import prepare_criteo
     from recstack.data.report import finish_data_command, report_on_data_error
@@ -85,6 +100,7 @@ def cmd_prepare_criteo(args: argparse.Namespace, extra: list[str]) -> int:
     if args.vocab_min_count is not None:
         kwargs["vocab_min_count"] = args.vocab_min_count
     with report_on_data_error("data prepare criteo", args.report):
+        _check_out(args.input, args.out, args.overwrite)
         report = prepare_criteo(
             args.input,
             args.out,
@@ -105,9 +121,10 @@ def cmd_prepare_table(args: argparse.Namespace, extra: list[str]) -> int:
 
     _no_extra(extra)
     with report_on_data_error("data prepare table", args.report):
+        _check_out(args.input, args.out, args.overwrite)
         report = prepare_table(
             args.input, args.schema, args.out, strict=args.strict, split_tail=args.split_tail,
-            show_progress=not args.quiet,
+            split_random=args.split_random, split_key=args.split_key, seed=args.seed, show_progress=not args.quiet,
         )
     finish_data_command("data prepare table", report, args.report)
     return 0
@@ -231,15 +248,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", required=True, metavar="C", help="a checkpoint file, or a directory (its latest)")
     source = evaluate.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", metavar="DIR", help="a prepared dataset")
-    source.add_argument("--input", metavar="RAW_FILE", help="a raw labelled file (Criteo TSV), mapped by the checkpoint's vocabulary")
-    evaluate.add_argument("--split", default="test", help="split of --data to evaluate (default: test)")
+    source.add_argument("--input", metavar="RAW_FILE", help="a raw labelled file (Criteo TSV, or a table of the model's `data prepare table` schema), "
+                        "mapped by the checkpoint's vocabularies")
+    evaluate.add_argument("--split", default="test",
+                          help="split of --data to evaluate (default: test; a dataset prepared without a split has only train)")
     evaluate.add_argument("--batch-size", type=positive_int, default=16384)
     _add_common(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = verbs.add_parser("predict", help="score a raw file: one probability per input line")
     predict.add_argument("--checkpoint", required=True, metavar="C")
-    predict.add_argument("--input", required=True, metavar="RAW_FILE", help="Criteo TSV with or without the label column")
+    predict.add_argument("--input", required=True, metavar="RAW_FILE", help="Criteo TSV, or a table of the model's `data prepare table` schema, with or without the label column")
     predict.add_argument("--output", required=True, metavar="FILE")
     predict.add_argument("--batch-size", type=positive_int, default=16384)
     _add_common(predict)
@@ -256,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     criteo.add_argument("--split-tail", type=float, default=0.0, metavar="F", help="keep the last fraction F as the test split")
     criteo.add_argument("--strict", action="store_true", help="stop at the first bad row")
     criteo.add_argument("--workers", type=positive_int, default=2, help="parser processes (default 2)")
+    criteo.add_argument("--overwrite", action="store_true", help="replace what --out already holds")
     _add_common(criteo)
     criteo.set_defaults(func=cmd_prepare_criteo)
 
@@ -263,8 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--input", required=True, metavar="FILE")
     table.add_argument("--schema", required=True, metavar="SCHEMA.yaml")
     table.add_argument("--out", required=True, metavar="DIR")
-    table.add_argument("--split-tail", type=float, default=0.0, metavar="F")
+    table.add_argument("--split-tail", type=float, default=0.0, metavar="F",
+                       help="keep the last fraction F of the rows as the test split (a file in time order)")
+    table.add_argument("--split-random", type=float, default=0.0, metavar="F",
+                       help="send each row (or each --split-key value) to the test split with probability F")
+    table.add_argument("--split-key", metavar="COLUMN",
+                       help="with --split-random: split by this column's values (all rows of a user or a day together)")
+    table.add_argument("--seed", type=seed, default=0, help="seed of --split-random (default 0)")
     table.add_argument("--strict", action="store_true")
+    table.add_argument("--overwrite", action="store_true", help="replace what --out already holds")
     _add_common(table)
     table.set_defaults(func=cmd_prepare_table)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from recstack.data.table import (
     iter_table_chunks,
     load_table_spec,
     prepare_table,
+    test_rows,
 )
 from recstack.errors import ConfigError, DataError
 
@@ -357,3 +359,129 @@ def test_gzip_broken_before_its_first_line_says_so(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(DataError, match="gzip stream ends early, before its first line: .*; nothing could be read"):
         prepare(path, SCHEMA, tmp_path / "ds")
+
+
+# --- random and keyed splits; preparing over an existing dataset ----------------------------------
+
+
+def _rows_table(tmp_path: Path, n: int = 400) -> Path:
+    rows = "".join(f"{i % 2},{i},u{i % 37},day{i % 7}\n" for i in range(n))
+    return write(tmp_path, "r.csv", "click,x,user,day\n" + rows)
+
+
+def test_seeded_random_split(tmp_path):
+    src = _rows_table(tmp_path)
+    schema = {"label": "click", "dense": ["x"], "categorical": ["user"], "dense_transform": "none"}
+    report = prepare(src, schema, tmp_path / "a", split_random=0.2, seed=0)
+    ds = Dataset(tmp_path / "a")
+    (a, b), (c, d) = ds.split("train"), ds.split("test")
+    assert a == 0 and b == c and d == 400 and 50 < d - c < 110  # about 20% of the rows
+    x = ds.dense[:, 0].astype(int)
+    assert sorted(x.tolist()) == list(range(400))  # every row once
+    test = set(x[c:d].tolist())
+    assert test != set(range(320, 400))  # not the tail
+    assert list(x[:b]) == sorted(x[:b]) and list(x[c:d]) == sorted(x[c:d])  # each split keeps the file's order
+    assert ds.schema.info["split"] == {"kind": "random", "fraction": 0.2, "seed": 0, "key": None}
+    assert report["splits"] == {"train": [0, b], "test": [c, d]}
+    # the same seed gives the same split, another seed another one
+    prepare(src, schema, tmp_path / "b", split_random=0.2, seed=0)
+    prepare(src, schema, tmp_path / "c", split_random=0.2, seed=1)
+    same, other = Dataset(tmp_path / "b"), Dataset(tmp_path / "c")
+    assert set(same.dense[slice(*same.split("test")), 0].astype(int).tolist()) == test
+    assert set(other.dense[slice(*other.split("test")), 0].astype(int).tolist()) != test
+
+
+def test_split_by_key_keeps_each_key_on_one_side(tmp_path):
+    src = _rows_table(tmp_path)
+    # the key need not be a feature: `day` is read only to split by
+    schema = {"label": "click", "dense": ["x"], "categorical": ["user"], "dense_transform": "none"}
+    prepare(src, schema, tmp_path / "ds", split_random=0.3, split_key="day", seed=0)
+    ds = Dataset(tmp_path / "ds")
+    assert ds.schema.sparse_names == ["user"] and ds.schema.info["split"]["key"] == "day"
+    x = ds.dense[:, 0].astype(int)
+    test_days = {i % 7 for i in x[slice(*ds.split("test"))].tolist()}
+    train_days = {i % 7 for i in x[slice(*ds.split("train"))].tolist()}
+    assert test_days and train_days and not test_days & train_days and test_days | train_days == set(range(7))
+
+
+def test_split_options_are_checked(tmp_path):
+    src = _rows_table(tmp_path)
+    schema = {"label": "click", "dense": ["x"], "categorical": ["user"]}
+    with pytest.raises(DataError, match="not both"):
+        prepare(src, schema, tmp_path / "ds", split_random=0.2, split_tail=0.2)
+    with pytest.raises(DataError, match="--split-key needs --split-random"):
+        prepare(src, schema, tmp_path / "ds", split_key="day")
+    with pytest.raises(DataError, match="has no column 'nope'"):
+        prepare(src, schema, tmp_path / "ds", split_random=0.2, split_key="nope")
+    with pytest.raises(DataError, match="leaves no test rows"):
+        prepare(write(tmp_path, "one.csv", "click,x,user,day\n1,1,u,d\n0,2,u,d\n"), schema, tmp_path / "ds",
+                split_random=0.01, split_key="day")
+
+
+def test_cli_random_split_and_refusing_to_overwrite(tmp_path, capsys):
+    from recstack.cli import main
+
+    src = _rows_table(tmp_path)
+    schema = write(tmp_path, "s.yaml", yaml.safe_dump({"label": "click", "dense": ["x"], "categorical": ["user"]}))
+    argv = ["data", "prepare", "table", "--input", str(src), "--schema", str(schema), "--out", str(tmp_path / "ds"),
+            "--split-random", "0.2", "--split-key", "user", "--seed", "3", "--quiet"]
+    assert main(argv) == 0
+    assert Dataset(tmp_path / "ds").schema.info["split"] == {"kind": "random", "fraction": 0.2, "seed": 3, "key": "user"}
+    capsys.readouterr()
+    assert main(argv) == 2  # a second run into the same directory is refused, not silently overwritten
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds a dataset; give --overwrite" in err[0]
+    assert main([*argv, "--overwrite"]) == 0
+
+
+def test_a_model_of_a_table_scores_new_raw_files_of_its_schema(tmp_path, capsys):
+    """evaluate --input and predict --input read any file of the table schema through the
+    checkpoint's vocabularies: the held-out rows given as a raw file score exactly as prepared."""
+    import json
+
+    from recstack.cli import main
+
+    rng = np.random.default_rng(0)
+    n = 1200
+    site, price = rng.integers(0, 30, n), rng.integers(0, 100, n)
+    click = (rng.random(n) < np.where(site < 12, 0.7, 0.15)).astype(int)
+    quoted = '"a,b"'  # a quoted field with the delimiter in it
+    lines = [f"{c},{p if i % 9 else ''},s{s},{quoted if i % 5 == 0 else f'd{i % 4}'}"
+             for i, (c, p, s) in enumerate(zip(click, price, site))]
+    src = write(tmp_path, "t.csv", "click,price,site,device\n" + "\n".join(lines) + "\n")
+    schema = write(tmp_path, "s.yaml", yaml.safe_dump({"label": "click", "dense": ["price"],
+                                                      "categorical": ["site", "device"]}))
+    data, ckpt = tmp_path / "ds", tmp_path / "ckpt"
+    assert main(["data", "prepare", "table", "--input", str(src), "--schema", str(schema), "--out", str(data),
+                 "--split-random", "0.25", "--quiet"]) == 0
+    assert main(["train", "--data", str(data), "--checkpoint-dir", str(ckpt), "--model.preset", "tiny",
+                 "--train.batch_size", "128", "--train.epochs", "1", "--quiet"]) == 0
+    on_data = tmp_path / "on_data.json"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--report", str(on_data), "--quiet"]) == 0
+    m = json.loads(on_data.read_text())["metrics"]
+
+    # the test split's rows as a new raw file (in the dataset's order), plus one row that is rejected
+    ds = Dataset(data)
+    a, b = ds.split("test")
+    held_out = test_rows(SimpleNamespace(lines=np.arange(n) + 2, split_keys=None), 0.25, 0)  # line i + 2: row i
+    test_lines = [line for line, t in zip(lines, held_out) if t]
+    assert len(test_lines) == b - a
+    raw = write(tmp_path, "new.csv", "click,price,site,device\n" + "\n".join(test_lines) + "\nx,1,s1,d1\n")
+    on_raw = tmp_path / "on_raw.json"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--input", str(raw), "--report", str(on_raw), "--quiet"]) == 0
+    r = json.loads(on_raw.read_text())
+    assert r["metrics"]["count"] == m["count"] == b - a and r["rows_rejected"] == 1
+    assert r["metrics"]["auc"] == pytest.approx(m["auc"], abs=1e-6)
+    assert r["metrics"]["logloss"] == pytest.approx(m["logloss"], abs=1e-5)
+
+    # predict: one line per record, the label column optional, the rejected record as nan
+    unlabeled = write(tmp_path, "u.csv", "site,device,price\ns1,d1,5\ns99,,\n")
+    out = tmp_path / "scores.txt"
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", str(unlabeled), "--output", str(out), "--quiet"]) == 0
+    scores = out.read_text().split()
+    assert len(scores) == 2 and all(0 < float(v) < 1 for v in scores)
+    out2 = tmp_path / "scores2.txt"
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", str(raw), "--output", str(out2), "--quiet"]) == 0
+    predicted = out2.read_text().split()
+    assert len(predicted) == b - a + 1 and predicted[-1] != "nan"  # predict does not judge the label
+

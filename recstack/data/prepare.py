@@ -372,6 +372,7 @@ def build_dataset(
     split_tail: float,
     workers: int = 1,
     show_progress: bool = True,
+    splitter: Callable[[int], tuple[int, dict[str, list[int]]]] | None = None,
 ) -> dict[str, Any]:
     """The frame every reader shares: unpublish an old dataset at `out`; `stream(sink, pool)` feeds all
     rows into a RowSink and returns (bytes of text read, input bytes read); then split, build the
@@ -403,7 +404,8 @@ def build_dataset(
                 read = log.summary() if log.rows_rejected else "the input holds no rows"
                 why = "; ".join([read, *log.notes])  # a gzip broken before its first line says so
                 raise DataError(f"no usable rows in {', '.join(map(str, files))} ({why})", report=counted)
-            num_train, splits = tail_split(sink.num_rows, split_tail)
+            # `splitter` (rows -> (num_train, splits)): a reader that streamed its train rows first
+            num_train, splits = splitter(sink.num_rows) if splitter else tail_split(sink.num_rows, split_tail)
             writer = sink.finish(num_train, pool, show_progress)
         timing = (time.perf_counter() - started, streamed - started)
         report = _data_report(log, sink, bytes_read, input_bytes, timing, out, files, splits)

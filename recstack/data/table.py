@@ -34,7 +34,15 @@ import numpy as np
 
 from recstack.data.criteo import GzipEnded, gzip_note, input_blocks
 from recstack.data.prepare import RejectLog, RowSink, build_dataset, check_inputs, maybe_progress, reject_info
-from recstack.data.vocab import HASH_BUCKETS_RANGE, MAX_COUNT, VocabIndex, encode_hash, encode_vocab, is_int_in
+from recstack.data.vocab import (
+    HASH_BUCKETS_RANGE,
+    MAX_COUNT,
+    VocabIndex,
+    encode_hash,
+    encode_vocab,
+    is_int_in,
+    mix64,
+)
 from recstack.errors import ConfigError, DataError
 from recstack.yamlfile import read_yaml
 
@@ -77,6 +85,8 @@ class TableSpec:
     dense_transform: str = "log1p"
     vocab_min_count: int = 1
     hash_buckets: int | None = None
+    split_key: Column | None = None
+    """A column read only to split by (`--split-key`): not a feature."""
 
     @property
     def label_names(self) -> list[str]:
@@ -101,7 +111,8 @@ class TableSpec:
 
     def columns(self) -> list[Column]:
         """Every column the schema names, each once, in order."""
-        return list(dict.fromkeys([*self.labels, *self.dense, *self.categorical]))
+        key = [] if self.split_key is None else [self.split_key]
+        return list(dict.fromkeys([*self.labels, *self.dense, *self.categorical, *key]))
 
 
 def _column_name(column: Column) -> str:
@@ -284,6 +295,8 @@ class ParsedTable:
     input_bytes: int = 0
     notes: list[str] = field(default_factory=list)
     """File-level notes, e.g. a gzip stream that broke (the rows before it are kept)."""
+    split_keys: np.ndarray | None = None
+    """uint64 [n]: the hashed value of the spec's split_key column, when it has one."""
 
 
 def parse_columns(
@@ -324,6 +337,7 @@ def parse_columns(
     for j, column in enumerate(spec.categorical):
         cat[:, j], missing_cat[:, j] = hash_keys(columns[column])
     kept = np.flatnonzero(reason < 0)
+    split_keys = None if spec.split_key is None else hash_keys(columns[spec.split_key])[0][kept]
     parsed = ParsedTable(
         labels=None if labels is None else labels[kept],
         dense=dense[kept],
@@ -333,6 +347,7 @@ def parse_columns(
         lines=kept.astype(np.int64),
         reject_lines=np.zeros(0, np.int64),
         reject_reasons=np.zeros(0, np.int8),
+        split_keys=split_keys,
     )
     return parsed, reason
 
@@ -601,6 +616,20 @@ def encode_parsed(
 # --------------------------------------------------------------------------------------------
 
 
+def test_rows(chunk: ParsedTable, fraction: float, seed: int) -> np.ndarray:
+    """bool [n]: which kept rows of a chunk go to the test split of a seeded random split: by row (its
+    line or row number) or, with a split key, by the key's value (all rows of one key on one side).
+    A row's side depends only on (seed, row or key), so two passes over a file agree."""
+    value = chunk.lines.astype(np.uint64) if chunk.split_keys is None else chunk.split_keys
+    u = mix64(value ^ mix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF)))
+    return (u >> np.uint64(11)).astype(np.float64) * 2.0**-53 < fraction
+
+
+def _rows(chunk: ParsedTable, mask: np.ndarray) -> tuple[np.ndarray, ...]:
+    assert chunk.labels is not None
+    return chunk.dense[mask], chunk.labels[mask], chunk.cat[mask], chunk.missing[mask]
+
+
 def prepare_table(
     input: str | Path,
     schema_yaml: str | Path | Mapping[str, Any],
@@ -608,10 +637,19 @@ def prepare_table(
     *,
     strict: bool = False,
     split_tail: float = 0.0,
+    split_random: float = 0.0,
+    split_key: str | int | None = None,
+    seed: int = 0,
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Convert one CSV/TSV/Parquet table into a dataset at `out`; returns the data report (the same
-    keys as `prepare_criteo`)."""
+    keys as `prepare_criteo`).
+
+    Splits: `split_tail` F keeps the last fraction F of the rows as `test` (out of time, for a file in
+    time order); `split_random` F sends each row to `test` with probability F, seeded by `seed`, or,
+    with `split_key` (a column: a user, a day), each value of that column, so that all rows of one key
+    land in one split. A random split reads the file twice (train rows, then test rows: a split is a
+    contiguous range of rows). Without either, the only split is `train`."""
     paths = check_inputs(input)
     if len(paths) != 1:
         raise DataError(f"prepare_table reads one table file, got {len(paths)}")
@@ -619,19 +657,58 @@ def prepare_table(
     spec = load_table_spec(schema_yaml, path)
     if not spec.labels:
         raise ConfigError(f"{_schema_name(schema_yaml)}: names no `label` (or `labels`) column; prepare needs one")
+    if split_random and split_tail:
+        raise DataError("give either --split-tail (the last rows) or --split-random (seeded rows or keys), not both")
+    if not 0.0 <= split_random < 1.0:
+        raise DataError(f"--split-random must be in [0, 1), got {split_random}")
+    if split_key is not None:
+        if not split_random:
+            raise DataError("--split-key needs --split-random F: the fraction of the key's values held out as test")
+        if not spec.header and isinstance(split_key, str):
+            if not split_key.isdigit():
+                raise DataError(f"--split-key {split_key!r}: a table without a header names columns by index (0, 1, ...)")
+            split_key = int(split_key)
+        spec.split_key = split_key
     log = RejectLog(TABLE_REJECT_REASONS, strict)
+    num_test = [0]
 
     def stream(sink: RowSink, pool) -> tuple[int, int]:
         input_bytes = path.stat().st_size
-        with maybe_progress(show_progress, "prepare", input_bytes / 1e6, "MB") as bar:
-            for chunk in iter_table_chunks(path, spec):
-                log.add(chunk.file, chunk.reject_lines, chunk.reject_reasons)
-                for note in chunk.notes:
-                    log.note(note)
-                assert chunk.labels is not None
-                sink.append(chunk.dense, chunk.labels, chunk.cat, chunk.missing)
-                bar.update(chunk.input_bytes / 1e6)
+        passes = (None,) if not split_random else (False, True)  # train rows, then test rows
+        with maybe_progress(show_progress, "prepare", len(passes) * input_bytes / 1e6, "MB") as bar:
+            for held_out in passes:
+                for chunk in iter_table_chunks(path, spec):
+                    if held_out is not True:  # rejects and notes once
+                        log.add(chunk.file, chunk.reject_lines, chunk.reject_reasons)
+                        for note in chunk.notes:
+                            log.note(note)
+                    assert chunk.labels is not None
+                    if held_out is None:
+                        sink.append(chunk.dense, chunk.labels, chunk.cat, chunk.missing)
+                    else:
+                        test = test_rows(chunk, split_random, seed)
+                        sink.append(*_rows(chunk, test if held_out else ~test))
+                        num_test[0] += int(test.sum()) if held_out else 0
+                    bar.update(chunk.input_bytes / 1e6)
         return input_bytes, input_bytes
+
+    def random_split(num_rows: int) -> tuple[int, dict[str, list[int]]]:
+        num_train = num_rows - num_test[0]
+        by = f"by --split-key {split_key}" if split_key is not None else "by row"
+        if num_test[0] == 0 or num_train == 0:
+            side = "test" if num_test[0] == 0 else "training"
+            raise DataError(f"--split-random {split_random} {by} (seed {seed}) leaves no {side} rows out of {num_rows}"
+                            + ("; the key has too few distinct values for this fraction" if split_key is not None else ""))
+        return num_train, {"train": [0, num_train], "test": [num_train, num_rows]}
+
+    def describe(report: dict[str, Any]) -> dict[str, Any]:
+        info = _schema_info(report, spec)
+        if split_random:
+            info["split"] = {"kind": "random", "fraction": split_random, "seed": seed,
+                             "key": None if split_key is None else str(split_key)}
+        else:
+            info["split"] = {"kind": "tail", "fraction": split_tail}
+        return info
 
     return build_dataset(
         Path(out),
@@ -640,12 +717,13 @@ def prepare_table(
         cat_names=spec.feature_names,
         log=log,
         stream=stream,
-        describe=lambda report: _schema_info(report, spec),
+        describe=describe,
         files=[path],
         hash_buckets=spec.hash_buckets,
         vocab_min_count=spec.vocab_min_count,
         split_tail=split_tail,
         show_progress=show_progress,
+        splitter=random_split if split_random else None,
     )
 
 

@@ -1,7 +1,8 @@
 """Inference from a checkpoint alone: `recstack evaluate` and `recstack predict`.
 
-A checkpoint carries its config, the dataset schema and the categorical vocabularies, so raw
-Criteo lines are mapped to ids exactly as at training time (unseen values go to the OOV id)."""
+A checkpoint carries its config, the dataset schema (with the table schema of a `data prepare table`
+dataset) and the categorical vocabularies, so raw Criteo lines, or the records of any file of the
+model's table schema, are mapped to ids exactly as at training time (unseen values go to the OOV id)."""
 
 from __future__ import annotations
 
@@ -70,19 +71,38 @@ class ScoringModel:
     def _folds(self, name: str) -> bool:
         return any(t.fold for t in self.model.embeddings.tables if name in t.feature_names)
 
-    # --- raw Criteo input ---------------------------------------------------------------------
+    # --- raw input: Criteo TSV, or a table of the model's `data prepare table` schema -------------
+
+    def table_spec(self):
+        """The table schema the model's data was prepared with (`data prepare table`), or None."""
+        from recstack.data.table import load_table_spec
+
+        table = self.schema.info.get("table_schema")
+        if not isinstance(table, dict):
+            return None
+        keys = ("format", "header", "delimiter", "labels", "dense", "categorical", "dense_transform")
+        mapping = {k: table[k] for k in keys if table.get(k) is not None}
+        if self.schema.info.get("hash_buckets"):
+            mapping["hash_buckets"] = self.schema.info["hash_buckets"]
+        return load_table_spec(mapping)
 
     def raw_batches(
         self, path: str | Path, has_label: bool | None, batch_size: int
     ) -> Iterator[tuple[Any, list[Batch]]]:
         """(parsed chunk, batches of at most batch_size of its kept rows) for each chunk of a raw
-        Criteo file, ids mapped through the checkpoint's own vocabulary."""
+        file, ids mapped through the checkpoint's own vocabulary: Criteo TSV, or for a model trained
+        on a `data prepare table` dataset any file of that table schema."""
         from recstack.data.criteo import CAT_NAMES, DENSE_NAMES, encode_chunk, iter_criteo_chunks
 
+        spec = self.table_spec()
+        if spec is not None:
+            yield from self._table_batches(spec, path, has_label, batch_size)
+            return
         if self.schema.dense_names != DENSE_NAMES or self.schema.sparse_names != CAT_NAMES:
+            fmt = (self.schema.info.get("source") or {}).get("format") or self.schema.info.get("generator") or "unknown"
             raise DataError(
-                "raw --input is read as Criteo TSV, but this model was trained on other features; "
-                "prepare the file with `recstack data prepare table` and use --data"
+                f"raw --input reads Criteo TSV or a table of the model's `data prepare table` schema, but this model "
+                f"was trained on data of another kind ({fmt}); evaluate it on its dataset with --data"
             )
         hash_buckets = self.schema.info.get("hash_buckets")
         if not hash_buckets and set(self.vocab) != set(CAT_NAMES):
@@ -112,12 +132,75 @@ class ScoringModel:
             yield chunk, batches
 
 
+    def _table_batches(self, spec, path: str | Path, has_label: bool | None,
+                       batch_size: int) -> Iterator[tuple[Any, list[Batch]]]:
+        from dataclasses import replace
+
+        from recstack.data.table import encode_parsed, iter_table_chunks
+
+        hash_buckets = self.schema.info.get("hash_buckets") or None
+        if not hash_buckets and set(self.vocab) != set(spec.feature_names):
+            raise CheckpointError(f"{self.path} carries no vocabulary for its table's features")
+        if not hash_buckets and self._vocab_index is None:
+            from recstack.data.vocab import VocabIndex
+
+            self._vocab_index = {k: VocabIndex(v) for k, v in self.vocab.items()}
+        with_labels = has_label is True
+        if not with_labels and spec.header:
+            spec = replace(spec, labels=[])  # predicting: a label column may be there or not, and is not read
+        tasks = len(self.schema.label_names)
+        records = 0
+        for parsed in iter_table_chunks(path, spec, with_labels=with_labels):
+            chunk = _TableChunk(parsed, records)
+            records += chunk.num_lines
+            batches = []
+            if chunk.num_kept:
+                ids = encode_parsed(parsed, spec, vocabs=None if hash_buckets else self._vocab_index,
+                                    hash_buckets=hash_buckets)
+                labels = (parsed.labels if parsed.labels is not None
+                          else np.zeros((chunk.num_kept, tasks), np.float32))
+                labels = labels[:, 0] if tasks == 1 else labels
+                names = self.schema.sparse_names
+                for a in range(0, chunk.num_kept, batch_size):
+                    b = min(a + batch_size, chunk.num_kept)
+                    sparse = JaggedFeatures(
+                        keys=names,
+                        values=torch.from_numpy(np.concatenate([ids[k][a:b] for k in names]).astype(np.int64)),
+                        lengths=torch.ones((b - a) * len(names), dtype=torch.int32),
+                        batch_size=b - a,
+                    )
+                    dense = torch.from_numpy(np.ascontiguousarray(parsed.dense[a:b]))
+                    batches.append(Batch(dense, sparse, torch.from_numpy(np.ascontiguousarray(labels[a:b]))))
+            yield chunk, batches
+
+
+class _TableChunk:
+    """A parsed table batch seen as the Criteo path's chunk: rows numbered by record (1-based, the
+    header excluded, a quoted field over several lines one record), so that output line i answers
+    record i; reject examples name the file's own line numbers."""
+
+    def __init__(self, parsed: Any, before: int):
+        from recstack.data.table import TABLE_REJECT_REASONS
+
+        self.file, self.notes, self.labels = parsed.file, parsed.notes, parsed.labels
+        every = np.sort(np.concatenate([parsed.lines, parsed.reject_lines]))
+        self.lines = before + 1 + np.searchsorted(every, parsed.lines)
+        self.reject_lines = before + 1 + np.searchsorted(every, parsed.reject_lines)
+        self.file_reject_lines = parsed.reject_lines
+        self._reasons = [TABLE_REJECT_REASONS[c] for c in parsed.reject_reasons.tolist()]
+        self.num_kept, self.num_rejected = int(parsed.lines.size), int(parsed.reject_lines.size)
+        self.num_lines = self.num_kept + self.num_rejected
+
+    def reject_names(self) -> list[str]:
+        return self._reasons
+
+
 def _reject_summary(chunks_rejects: dict[str, int], examples: dict[str, list[dict[str, Any]]], chunk,
                     notes: list[str]) -> None:
     for note in chunk.notes:  # e.g. a gzip stream that broke: the lines after it were never read
         notes.append(note)
         print(f"warning: {note}", file=sys.stderr)
-    for line, name in zip(chunk.reject_lines.tolist(), chunk.reject_names()):
+    for line, name in zip(getattr(chunk, "file_reject_lines", chunk.reject_lines).tolist(), chunk.reject_names()):
         chunks_rejects[name] = chunks_rejects.get(name, 0) + 1
         if len(examples.setdefault(name, [])) < 5:
             examples[name].append({"file": chunk.file, "line": line, "reason": name})
@@ -147,7 +230,8 @@ def evaluate_command(
         metrics = evaluate_rows(scorer.model, dataset, rows, batch_size, scorer.device)
         report.update({"data": str(dataset.path), "split": split, "rows": list(rows)})
     else:
-        accumulator = MetricAccumulator()
+        tasks = list(scorer.schema.label_names)
+        accumulator = MetricAccumulator(tasks if len(tasks) > 1 else None)
         rejects: dict[str, int] = {}
         examples: dict[str, list[dict[str, Any]]] = {}
         notes: list[str] = []
@@ -183,6 +267,9 @@ def predict_command(
     """One probability per input line, in input order; a rejected line gets `nan` (and is counted),
     so line i of the output always answers line i of the input."""
     scorer = ScoringModel(checkpoint_path)
+    if len(scorer.schema.label_names) > 1:
+        raise DataError(f"{scorer.path} predicts {len(scorer.schema.label_names)} tasks; predict writes one "
+                        "probability per line: use evaluate, or serve it (the API returns every task's score)")
     rejects: dict[str, int] = {}
     examples: dict[str, list[dict[str, Any]]] = {}
     notes: list[str] = []
