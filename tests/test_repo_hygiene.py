@@ -1,0 +1,35 @@
+"""What the README's own commands write into the checkout (datasets, checkpoints, reports, outputs)
+is ignored by git, so following the README leaves `git status` clean."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from tests.conftest import REPO
+
+OUTPUT_OPTIONS = ("--out", "--checkpoint-dir", "--output", "--report", "--plan")
+
+
+def readme_outputs() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    blocks = "\n".join(re.findall(r"```bash\n(.*?)```", text, flags=re.S))
+    paths = set()
+    for option in OUTPUT_OPTIONS:
+        for value in re.findall(rf"(?<!\S){option}[ =]([^\s\\]+)", blocks):
+            if not value.startswith(("/", "$", "..", "-")):
+                paths.add(value)
+    return sorted(paths)
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(), reason="not a git checkout")
+def test_what_the_readme_commands_write_is_ignored_by_git():
+    paths = readme_outputs()
+    assert {"ckpt", "data/criteo-sample", "runs/kaggle.json"} <= set(paths), paths
+    proc = subprocess.run(["git", "check-ignore", "--no-index", "--verbose", "--non-matching", *paths], cwd=REPO,
+                          capture_output=True, text=True)
+    not_ignored = [line.split("\t")[-1] for line in proc.stdout.splitlines() if line.startswith("::")]
+    assert not not_ignored, f"README outputs that git would show: {not_ignored}"
