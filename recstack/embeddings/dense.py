@@ -152,13 +152,13 @@ class DenseEmbeddingCollection(EmbeddingCollection):
         if one_hot:
             # every bag holds exactly one id: the feature of value i is i // batch
             feature_of_value = offsets = None
-            rows = self._rows(values.view(num_features, batch), None).reshape(-1)
+            rows = self.global_rows(values.view(num_features, batch), None).reshape(-1)
         else:
             lengths = lengths.to(device)
             offsets = torch.zeros(lengths.numel(), dtype=torch.int64, device=device)
             torch.cumsum(lengths[:-1], 0, out=offsets[1:])
             feature_of_value = torch.arange(num_features, device=device).repeat_interleave(batch).repeat_interleave(lengths)
-            rows = self._rows(values, feature_of_value)
+            rows = self.global_rows(values, feature_of_value)
         weights = None if features.weights is None else features.weights.to(device=device, dtype=self.weight.dtype)
         if self._any_mean and not one_hot:
             is_mean = self._feature_mean.to(device)[feature_of_value]
@@ -175,7 +175,7 @@ class DenseEmbeddingCollection(EmbeddingCollection):
             self._pending.append(_Lookup(rows, None if one_hot else lengths, weights, pooled))
         return pooled.view(num_features, batch, self.dim).transpose(0, 1)
 
-    def _rows(self, ids: torch.Tensor, feature_of_id: torch.Tensor | None) -> torch.Tensor:
+    def global_rows(self, ids: torch.Tensor, feature_of_id: torch.Tensor | None) -> torch.Tensor:
         """Rows of the fused buffer for ids of the features `feature_of_id` (None: ids is [F, B], one
         per bag): folded where the table folds; an id outside its table is an IndexError (checked
         where the ids are on the host: on a GPU the check would wait for the device every step)."""

@@ -44,12 +44,8 @@ class HalfEmbeddingCollection(EmbeddingCollection):
         self.rows = self.adopt(DenseEmbeddingCollection(tables, optimizer, device, dtype=torch.float16))
         self.tables, self.optimizer = self.rows.tables, self.rows.optimizer
         self.output_dtype = torch.float32
-        # per table: its first row in the fused rows, its size, whether ids fold; per pooled feature: its table
-        self._table_index = {t.name: i for i, t in enumerate(self.tables)}
+        # per table: whether it pools by mean; per pooled feature: its table
         for name, values, dtype in [
-            ("_table_offset", self.rows.table_row_offsets, torch.int64),
-            ("_table_rows", [t.num_embeddings for t in self.tables], torch.int64),
-            ("_table_fold", [t.fold for t in self.tables], torch.bool),
             ("_table_mean", [t.pooling == "mean" for t in self.tables], torch.bool),
             ("_feature_table", [i for i, t in enumerate(self.tables) for _ in t.feature_names], torch.int64),
         ]:
@@ -57,27 +53,15 @@ class HalfEmbeddingCollection(EmbeddingCollection):
 
     # --- lookups -----------------------------------------------------------------------------
 
-    def _global_rows(self, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """Rows of the fused float16 rows for `ids` of tables `table` (one entry per id), folded where
-        a table folds; an id outside a table that does not fold is an IndexError."""
-        size = self._table_rows[table]
-        ids = torch.where(self._table_fold[table], torch.remainder(ids, size), ids)
-        bad = (ids < 0) | (ids >= size)
-        if bool(bad.any()):
-            first = int(bad.nonzero()[0, 0])
-            t = self.tables[int(table[first])]
-            raise IndexError(f"id {int(ids[first])} is outside table {t.name} ({t.num_embeddings} rows, "
-                             f"ids do not fold)")
-        return ids + self._table_offset[table]
-
     def forward(self, features: JaggedFeatures) -> torch.Tensor:
-        batch, num_features, device = features.batch_size, len(self.feature_names), self._table_rows.device
+        batch, num_features, device = features.batch_size, len(self.feature_names), self._table_mean.device
         if num_features == 0:
             return torch.zeros(batch, 0, self.dim, device=device, dtype=self.output_dtype)
         features = features.select(self.feature_names)
         lengths = features.lengths.to(device=device, dtype=torch.int64)
         table_of_bag = self._feature_table.repeat_interleave(batch)
-        rows = self._global_rows(features.values.to(device), table_of_bag.repeat_interleave(lengths))
+        feature_of_value = torch.arange(num_features, device=device).repeat_interleave(batch).repeat_interleave(lengths)
+        rows = self.rows.global_rows(features.values.to(device), feature_of_value)  # folded, range-checked
         gathered = self.rows.weight.index_select(0, rows).float()  # only the rows read, dequantized
         weights = None if features.weights is None else features.weights.to(device=device, dtype=torch.float32)
         pooled = F.embedding_bag(torch.arange(rows.numel(), device=device), gathered, lengths.cumsum(0) - lengths,
@@ -87,13 +71,7 @@ class HalfEmbeddingCollection(EmbeddingCollection):
         return pooled.view(num_features, batch, self.dim).transpose(0, 1).to(self.output_dtype)
 
     def sequences(self, features: JaggedFeatures, max_length: int) -> dict[str, SequenceEmbeddings]:
-        parts = features.to_dict()
-        for t in self.tables:
-            for name in t.sequence_names:
-                if name in parts:  # else dense.py names the missing feature
-                    ids = parts[name][0].to(self._table_rows.device)
-                    self._global_rows(ids, torch.full_like(ids, self._table_index[t.name]))
-        with torch.no_grad():  # nothing to train: record no lookups
+        with torch.no_grad():  # nothing to train: record no lookups (the float16 rows check the ids)
             out = self.rows.sequences(features, max_length)
         return {name: SequenceEmbeddings(s.values.to(self.output_dtype), s.lengths) for name, s in out.items()}
 
@@ -131,7 +109,7 @@ class HalfEmbeddingCollection(EmbeddingCollection):
 
     def place(self, device: torch.device | str) -> None:
         self.rows.place(device)
-        for name in ("_table_offset", "_table_rows", "_table_fold", "_table_mean", "_feature_table"):
+        for name in ("_table_mean", "_feature_table"):
             setattr(self, name, getattr(self, name).to(device))
 
     @property
