@@ -33,3 +33,9 @@ def test_what_the_readme_commands_write_is_ignored_by_git():
                           capture_output=True, text=True)
     not_ignored = [line.split("\t")[-1] for line in proc.stdout.splitlines() if line.startswith("::")]
     assert not not_ignored, f"README outputs that git would show: {not_ignored}"
+
+
+def test_the_quickstart_says_where_the_command_is_and_how_long_the_tests_take():
+    quickstart = (REPO / "README.md").read_text().split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    assert ".venv/bin/recstack" in quickstart and "source .venv/bin/activate" in quickstart
+    assert "`make test`" in quickstart and "minutes" in quickstart.split("`make test`", 1)[1][:200]
