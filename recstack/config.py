@@ -169,6 +169,10 @@ class Config:
         return dataclasses.asdict(self)
 
 
+LR_MAX = 100.0
+"""The largest train.lr and train.sparse_lr accepted (typical rates are 1e-3 to 0.1)."""
+
+
 def split_int_list(text: str, what: str) -> list[str]:
     """'512,256,64' or DeepRecSys's '512-256-64' into its items. An empty item (a leading '-', ',-',
     '--', a trailing separator) is an error: '-8' must not silently become 8."""
@@ -366,6 +370,9 @@ def validate(config: Config) -> None:
     for name, value in (("train.lr", t.lr), ("train.sparse_lr", t.sparse_lr), ("model.scale", m.scale)):
         if not math.isfinite(value) or value <= 0:
             raise ConfigError(f"{name} must be a positive finite number, not {value}")
+    for name, value in (("train.lr", t.lr), ("train.sparse_lr", t.sparse_lr)):
+        if value > LR_MAX:  # such a rate only diverges: refused before any work, not found as NaN after it
+            raise ConfigError(f"{name} must be at most {LR_MAX:g}, not {value:g} (typical: 1e-3 to 0.1)")
     for name, value in (("train.weight_decay", t.weight_decay), ("train.embedding_weight_decay", t.embedding_weight_decay)):
         if not math.isfinite(value) or value < 0:
             raise ConfigError(f"{name} must be a finite number >= 0, not {value}")

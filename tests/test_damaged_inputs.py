@@ -5,6 +5,7 @@ or numpy, or a silently wrong result. Each case sits beside a valid neighbour th
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -368,6 +369,17 @@ def test_out_of_range_id_never_reaches_torch_in_training(copy, tmp_path, capsys)
     assert_one_line_error(code, err, "sparse/a.values.bin", "id 999999 at row 5", "[0, 10)")
 
 
+@pytest.mark.parametrize("row, value", [(5, 999999), (3, -4)])  # row 3 is a positive: counted; row 5 only scored
+def test_the_popularity_baseline_range_checks_ids_like_the_loader(copy, row, value):
+    from recstack.train.baselines import popularity_scores
+
+    data = copy()
+    _poke(data / "sparse" / "a.values.bin", np.int32, row, value)
+    with pytest.raises(DataError, match=rf"sparse/a.values.bin holds id {value} at row {row}, outside \[0, 10\)"):
+        popularity_scores(Dataset(data), "a", (0, 80), (0, 80))
+    assert popularity_scores(Dataset(data), "a", (40, 80), (40, 80)).shape == (40,)  # rows without damage
+
+
 def test_bad_labels_stop_evaluate_with_the_file_named(copy, trained, capsys):
     data = copy()
     _poke(data / "labels.bin", np.float32, 85, 7)  # a test-split row
@@ -425,8 +437,18 @@ def test_damaged_hot_cold_partition_is_a_data_error(copy, case):
     assert words in str(info.value), str(info.value)
 
 
-def test_diverged_training_is_one_line_not_a_metrics_traceback(clean, tmp_path, capsys):
+def test_diverged_training_is_one_line_not_a_metrics_traceback(clean, tmp_path, capsys, monkeypatch):
+    import recstack.config
+
+    monkeypatch.setattr(recstack.config, "LR_MAX", math.inf)  # the bound refuses 1e30 before training (below)
     code, err = run("train", "--data", str(clean), "--model.preset", "tiny", "--train.epochs", "1",
                     "--train.lr", "1e30", "--train.sparse_lr", "1e30", "--report", str(tmp_path / "r.json"),
                     capsys=capsys)
     assert_one_line_error(code, err, "predicts NaN", "train.lr")
+
+
+def test_a_learning_rate_that_can_only_diverge_is_refused_before_training(clean, tmp_path, capsys):
+    for key in ("--train.lr", "--train.sparse_lr"):
+        code, err = run("train", "--data", str(clean), "--model.preset", "tiny", key, "1e30",
+                        "--report", str(tmp_path / "r.json"), capsys=capsys)
+        assert_one_line_error(code, err, f"{key[2:]} must be at most 100, not 1e+30")

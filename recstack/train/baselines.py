@@ -102,11 +102,24 @@ def item_feature(dataset: Dataset, requested: str) -> str:
 
 def popularity_scores(dataset: Dataset, feature: str, train_rows: tuple[int, int], rows: tuple[int, int]) -> np.ndarray:
     """For rows [a, b): the count of each row's id among the positives (first task) of train_rows."""
-    ids = dataset.values[feature].reshape(-1)
     a, b = train_rows
     positive = np.asarray(dataset.labels[a:b, 0]) == 1
-    counts = np.bincount(np.asarray(ids[a:b])[positive], minlength=dataset.schema.feature(feature).num_embeddings)
-    return counts[np.asarray(ids[rows[0]:rows[1]])].astype(np.float64)
+    counts = np.bincount(_checked_ids(dataset, feature, a, b)[positive],
+                         minlength=dataset.schema.feature(feature).num_embeddings)
+    return counts[_checked_ids(dataset, feature, *rows)].astype(np.float64)
+
+
+def _checked_ids(dataset: Dataset, feature: str, start: int, stop: int, chunk: int = 1 << 20) -> np.ndarray:
+    """The ids of rows [start, stop) of a one-id feature, range-checked chunk by chunk as the loader
+    checks every batch: a damaged id is a DataError naming the file and row, never a numpy error
+    (a negative id) or a silently grown count table (an id past the table)."""
+    s = dataset.schema.feature(feature)
+    ids = np.asarray(dataset.values[feature].reshape(-1)[start:stop])
+    for a in range(0, ids.size, chunk):
+        part = ids[a : a + chunk]
+        if int(part.min()) < 0 or int(part.max()) >= s.num_embeddings:
+            raise dataset.id_error(s, part, None, range(start + a, start + a + part.size))
+    return ids
 
 
 def popularity_metrics(dataset: Dataset, feature: str, train_rows: tuple[int, int],
