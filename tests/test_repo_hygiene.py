@@ -39,3 +39,21 @@ def test_the_quickstart_says_where_the_command_is_and_how_long_the_tests_take():
     quickstart = (REPO / "README.md").read_text().split("## Quickstart", 1)[1].split("\n## ", 1)[0]
     assert ".venv/bin/recstack" in quickstart and "source .venv/bin/activate" in quickstart
     assert "`make test`" in quickstart and "minutes" in quickstart.split("`make test`", 1)[1][:200]
+
+
+def test_the_load_generators_rules_are_documented_where_users_read():
+    """README "Load testing" and docs/SERVING.md state what loadgen refuses, from the code's own tables."""
+    from recstack.serve.loadgen_cli import SCENARIO_OPTIONS
+    from recstack.serve.workload import MAX_QUERIES
+
+    readme = (REPO / "README.md").read_text().split("## Load testing", 1)[1].split("\n## ", 1)[0]
+    serving = (REPO / "docs" / "SERVING.md").read_text().split("### The load generator's rules", 1)[1]
+    for text in (readme, serving):
+        flat = " ".join(text.split())
+        assert "mutually exclusive" in flat and f"{MAX_QUERIES:.0e}".replace("+0", "") in flat
+        assert "--offload-threshold Q > 0" in flat
+        for option, scenarios in SCENARIO_OPTIONS.items():
+            flag = f"`--{option.replace('_', '-')}`"
+            assert flag in flat, flag
+            assert f"({', '.join(scenarios)})" in flat.split(flag, 1)[1] or all(
+                s in flat.split(flag, 1)[1][:120] for s in scenarios), (flag, scenarios)
