@@ -100,3 +100,27 @@ def test_damaged_checkpoint_is_a_one_line_error(tmp_path):
         checkpoint.load(bad)
     with pytest.raises(CheckpointError, match="holds no checkpoint"):
         checkpoint.load(tmp_path / "empty-dir" if (tmp_path / "empty-dir").mkdir() is None else None)
+
+
+def test_with_early_stopping_each_checkpoint_holds_the_model_its_name_says(tmp_path):
+    """The final ckpt-N holds step N's model (what --resume continues); the kept model is best.pt,
+    written at the step validation chose, and the report names it."""
+    data = tmp_path / "data"
+    synth(data, rows=6000)
+    ckpt = tmp_path / "ckpt"
+    report = tmp_path / "r.json"
+    subprocess.run([*RECSTACK, "train", "--data", str(data), "--checkpoint-dir", str(ckpt), "--quiet",
+                    "--model.preset", "tiny", "--train.batch_size", "64", "--train.epochs", "3", "--train.eval_every", "10",
+                    "--train.early_stopping_patience", "100", "--data.val_fraction", "0.2", "--train.lr", "0.05",
+                    "--train.sparse_lr", "0.5", "--report", str(report)], check=True)
+    import json
+
+    r = json.loads(report.read_text())
+    last = checkpoint.latest(ckpt)
+    payload = checkpoint.load(last)
+    assert int(last.stem.split("-")[1]) == payload["trainer"]["step"] == r["training"]["history"][-1]["step"]
+    best = checkpoint.load(ckpt / checkpoint.BEST)
+    assert r["checkpoint"] == str(ckpt / checkpoint.BEST)
+    assert best["trainer"]["step"] == r["training"]["best_step"] < payload["trainer"]["step"]
+    changed = [k for k in best["model"] if not torch.equal(best["model"][k], payload["model"][k])]
+    assert changed, "the last model and the kept one differ"

@@ -427,13 +427,17 @@ class Trainer:
                 else:  # the loader ran dry before len(loader) batches: count the epoch as over
                     self.state.epoch += 1
                     self.state.batch_in_epoch = 0
+        # the last step's model under the last step's name (what --resume continues from) ...
+        final = self.save_checkpoint()
         if self._best_path is not None and cfg.early_stopping_patience:
+            # ... and the model validation chose in memory, and in best.pt, which the report names
             checkpoint.load_model(self.model, checkpoint.load(self._best_path, map_location=self.device, require=("model",)))
             say(f"kept the best model: step {self.state.best_step}, val auc {self.state.best_auc:.4f}")
+            if self.checkpoint_dir is not None:
+                final = self._best_path
         if self._scratch is not None:
             self._scratch.cleanup()
             self._scratch = None
-        final = self.save_checkpoint()
         if self._metrics_log is not None:
             self._metrics_log.close()
             self._metrics_log = None
