@@ -8,6 +8,11 @@ indexing and sums over the collection's logical state (`table_state`), never aga
 A kind that serves but cannot train declares `trainable = False` on its class: the training tests
 skip it by name and `test_inference_only_kinds_refuse_training` checks it refuses with a clear error.
 
+A kind that rounds the rows loaded into it beyond a cast to its dtype (int8, int4: row-wise
+quantization) declares its `rounding`: how far its rows may be from the float rows it was given, and
+its pooled bags from theirs; every other check stays exact for it, and every check of the other kinds
+stays as it was.
+
 The tables are small float64 ones (float16 for fp16) covering sum and mean pooling, a table read by
 two features, folded ids, per-value weights, empty bags and a table with a sequence feature.
 """
@@ -29,6 +34,7 @@ from recstack.embeddings.base import EmbeddingCollection, SparseOptimizerConfig,
 from recstack.embeddings.dense import DenseEmbeddingCollection
 from recstack.embeddings.half import HalfEmbeddingCollection
 from recstack.embeddings.plan import Placement, build_collection, kinds
+from recstack.embeddings.quantized import QuantizedEmbeddingCollection
 from recstack.embeddings.tiered import TieredEmbeddingCollection
 
 DIM, BATCH, MAX_LENGTH, LR = 4, 8, 3, 0.1
@@ -53,6 +59,16 @@ def tiered(tables: list[TableConfig], optimizer: SparseOptimizerConfig, mode: st
 
 
 @dataclass(frozen=True)
+class Rounding:
+    """Tolerances of a kind that quantizes what it is given."""
+
+    rows: dict[str, float]
+    """A row read back against the float row loaded (rows of range below 1, as `randomize` makes)."""
+    pooled: dict[str, float]
+    """A pooled bag against the same bag over the float rows (up to 3 ids, weights below 1.5)."""
+
+
+@dataclass(frozen=True)
 class Kind:
     name: str
     make: Callable[[list[TableConfig], SparseOptimizerConfig], EmbeddingCollection]
@@ -61,18 +77,32 @@ class Kind:
     """build_collection(tables, Placement(**placement)) builds this kind."""
     all_hot: bool = False
     """Batches hold hot rows only (tiered in hot mode)."""
+    rounding: Rounding | None = None
+    """None: a row loaded or written reads back as its value cast to the kind's dtype."""
+    row_bytes: int | None = None
+    """embedding_bytes of one row of width DIM (None: DIM times the size of the kind's dtype)."""
 
     @property
     def trainable(self) -> bool:
         return getattr(self.cls, "trainable", True)
 
 
+def half_step(bits: int) -> float:
+    """Half a quantization step of a row of range 1 (float16 scale: up to 2^-10 above range / levels),
+    plus float32 rounding."""
+    return 0.5 / ((1 << bits) - 1) * (1 + 2**-10) + 1e-6
+
+
+INT8_ROUNDING = Rounding({"rtol": 0, "atol": half_step(8)}, {"rtol": 0, "atol": 4.5 * half_step(8)})
+INT4_ROUNDING = Rounding({"rtol": 0, "atol": half_step(4)}, {"rtol": 0, "atol": 4.5 * half_step(4)})
 TIERED_PLAN = {"kind": "tiered", "hot_rows": HOT_ROWS, "hot_device": "cpu"}
 KINDS = [
     Kind("dense", lambda t, o: DenseEmbeddingCollection(t, o, dtype=torch.float64), DenseEmbeddingCollection, {"kind": "dense"}),
     Kind("tiered-cold", lambda t, o: tiered(t, o, "cold"), TieredEmbeddingCollection, TIERED_PLAN),
     Kind("tiered-hot", lambda t, o: tiered(t, o, "hot"), TieredEmbeddingCollection, TIERED_PLAN, all_hot=True),
     Kind("fp16", lambda t, o: HalfEmbeddingCollection(t, o), HalfEmbeddingCollection, {"kind": "fp16"}),
+    Kind("int8", lambda t, o: QuantizedEmbeddingCollection(t, 8, o), QuantizedEmbeddingCollection, {"kind": "int8"}, rounding=INT8_ROUNDING, row_bytes=DIM + 4),
+    Kind("int4", lambda t, o: QuantizedEmbeddingCollection(t, 4, o), QuantizedEmbeddingCollection, {"kind": "int4"}, rounding=INT4_ROUNDING, row_bytes=DIM // 2 + 4),
 ]
 PAIRS = [(a, b) for a in KINDS for b in KINDS if a is not b]
 
@@ -95,14 +125,18 @@ def require_trainable(kind: Kind) -> None:
 
 
 def tolerance(*collections: EmbeddingCollection) -> dict[str, float]:
-    """Exact up to summation order for float64 rows; float32 pooling over float16 rows."""
-    if any(c.dtype == torch.float16 for c in collections):
+    """Exact up to summation order for float64 rows; float32 pooling over float16 (or quantized) rows."""
+    if any(c.dtype != torch.float64 for c in collections):
         return {"rtol": 1e-5, "atol": 1e-6}
     return {"rtol": 1e-10, "atol": 1e-12}
 
 
 FP16_ROUNDING = {"rtol": 2e-3, "atol": 2e-3}
 """Two collections whose rows differ by float16 rounding (a relative 2^-11 per row, bags of up to 3 rows)."""
+
+
+def widest(*tols: dict[str, float]) -> dict[str, float]:
+    return {"rtol": max(t["rtol"] for t in tols), "atol": max(t["atol"] for t in tols)}
 
 # --- batches: bags drawn per feature, kept as lists for the references ---------------------------
 
@@ -440,14 +474,17 @@ def test_state_dict_loads_into_every_other_kind(source_kind, target_kind):
     target.load_state_dict(source.state_dict())
     exact = torch.float16 not in (source.dtype, target.dtype)
     tol = tolerance(source, target) if exact else FP16_ROUNDING
+    quantized = [k.rounding for k in (source_kind, target_kind) if k.rounding is not None]
+    rows_tol = widest(tol, *(r.rows for r in quantized)) if quantized else tol
+    pooled_tol = widest(tol, *(r.pooled for r in quantized)) if quantized else tol
     want = logical_state(source)
     for name, got in logical_state(target).items():
         assert got.weight.dtype == target.dtype
-        torch.testing.assert_close(got.weight.double(), want[name].weight.double(), **tol)
+        torch.testing.assert_close(got.weight.double(), want[name].weight.double(), **rows_tol)
         assert torch.equal(got.optimizer_state, want[name].optimizer_state), name
     features = to_features(draw_bags(1, all_hot=True), weighted=True)  # all-hot ids suit every kind
     with torch.no_grad():
-        torch.testing.assert_close(target(features).double(), source(features).double(), **tol)
+        torch.testing.assert_close(target(features).double(), source(features).double(), **pooled_tol)
 
 
 DAMAGES = ["missing table", "fewer rows", "wider rows", "wrong optimizer state", "unknown table"]
@@ -480,6 +517,8 @@ def test_a_legacy_fused_state_dict_loads(kind):
     state = torch.rand(sum(rows), 1, generator=g)
     collection.load_state_dict({"weight": weight, "optimizer_state": state})
     tol = FP16_ROUNDING if collection.dtype == torch.float16 else {"rtol": 0, "atol": 0}
+    if kind.rounding is not None:
+        tol = kind.rounding.rows
     for t, w, s in zip(collection.tables, torch.split(weight, rows), torch.split(state, rows)):
         got = collection.table_state(t.name)
         torch.testing.assert_close(got.weight.double(), w, **tol)
@@ -499,7 +538,8 @@ def test_byte_counts(kind, optimizer):
         state = collection.table_state(t.name)
         assert state.weight.shape == (t.num_embeddings, DIM) and state.weight.dtype == collection.dtype
         assert state.optimizer_state.shape == (t.num_embeddings, k)
-    assert collection.embedding_bytes() == rows * DIM * torch.empty(0, dtype=collection.dtype).element_size()
+    row_bytes = kind.row_bytes or DIM * torch.empty(0, dtype=collection.dtype).element_size()
+    assert collection.embedding_bytes() == rows * row_bytes
     assert collection.optimizer_bytes() == rows * k * 4
     assert collection.memory_bytes() >= collection.embedding_bytes()
 
@@ -522,6 +562,9 @@ def test_read_rows_and_write_rows(kind, table):
         if name == table:
             expected_weight[rows] = new.weight.to(expected_weight.dtype)
             expected_state[rows] = new.optimizer_state
+            if kind.rounding is not None:  # the written rows are quantized: within the kind's rounding
+                torch.testing.assert_close(after[name].weight[rows].double(), new.weight, **kind.rounding.rows)
+                expected_weight[rows] = after[name].weight[rows]
         assert torch.equal(after[name].weight, expected_weight), name
         assert torch.equal(after[name].optimizer_state, expected_state), name
     features, bags = batch_for(kind)  # lookups see the written rows (tiered: on the hot tier too)
@@ -543,7 +586,8 @@ def test_reset_parameters_follows_each_tables_init(kind):
             assert not state.weight.any(), t.name
         else:
             bound = (1.0 / t.num_embeddings) ** 0.5
-            assert state.weight.abs().max() <= bound and state.weight.abs().min() > 0 and state.weight.std() > 0.1 * bound
+            slack = kind.rounding.rows["atol"] if kind.rounding else 0  # a quantized row may read back past it
+            assert state.weight.abs().max() <= bound + slack and state.weight.abs().min() > 0 and state.weight.std() > 0.1 * bound
     features, bags = batch_for(kind)
     with torch.no_grad():
         torch.testing.assert_close(collection(features).double(),

@@ -1,0 +1,342 @@
+"""Row-wise quantized tables for inference (`--embeddings.kind int8` or `int4`), as FBGEMM and TorchRec
+serve them: every row stored as unsigned codes with its own scale and bias (float16 by default, as
+FBGEMM's inference tables keep them), read back as `code * scale + bias`.
+
+    int8: one uint8 code per element                         D + 4 bytes a row (fp32: 4 D)
+    int4: two 4-bit codes per byte (element 2i in the low    D / 2 + 4 bytes a row; the dimension
+          nibble, 2i + 1 in the high one)                    must be even
+
+Quantizing a row x: bias = the largest float16 <= min(x) (rounded down, so the row's minimum is on
+the grid's side), scale = (max(x) - bias) / (2^bits - 1) rounded to float16 and raised one float16
+step at a time until the top code reaches max(x) in the float32 arithmetic the lookups use; each
+element gets the nearest code. Every element then reads back within half a quantization step
+(scale / 2) of its value, plus float32 rounding. A row whose values are all equal and on the float16
+grid gets scale 0 and reads back exactly (zero-initialized tables).
+
+The logical state is the dequantized rows: `table_state` gives float32 rows, `load_table_state` and
+`write_rows` quantize any float rows, so a training checkpoint of any kind loads here and this
+collection's state dict loads into any kind. Quantizing those dequantized rows again gives the same
+codes, scale and bias whenever the row's smallest element has code 0, which holds unless a row's
+range is narrower than about a float16 step of its magnitude times 2^bits (rows of one sign within a
+few float16 steps of each other): such a row may read back one quantization step apart after a reload.
+The optimizer state is kept as loaded (float32, [rows, k]), as fp16's is: nothing here updates it.
+
+Lookups gather only the rows a batch reads, dequantize them to float32 and pool them with
+`embedding_bag` in float32 (pure PyTorch); ids are folded and range-checked as dense.py does. The
+output is float32 unless the enclosing model was converted (`.double()`, `.half()`); the codes, scales
+and biases keep their dtypes whatever the model's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recstack.data.batch import JaggedFeatures
+from recstack.embeddings.base import (
+    EmbeddingCollection,
+    SequenceEmbeddings,
+    SparseOptimizerConfig,
+    TableConfig,
+    TableState,
+)
+from recstack.embeddings.optim import new_state
+from recstack.embeddings.plan import Placement, register
+
+BITS = {"int8": 8, "int4": 4}
+"""Kind name -> bits per code."""
+CHUNK_ROWS = 1 << 16
+"""Rows quantized at a time (a float64 working copy of this many rows, not of a whole table)."""
+
+
+# --- the row-wise scheme ---------------------------------------------------------------------------
+
+
+def check_dimension(bits: int, dim: int, what: str = "the tables") -> None:
+    if bits not in (4, 8):
+        raise ValueError(f"row-wise quantization has 8 or 4 bits per code, not {bits}")
+    if bits == 4 and dim % 2:
+        raise ValueError(f"int4 packs two codes per byte, so it needs an even embedding dimension; {what} "
+                         f"have dimension {dim} (use int8 or fp16)")
+
+
+def quantize_rows(weight: torch.Tensor, bits: int, scale_dtype: torch.dtype = torch.float16,
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes uint8 [n, D * bits / 8], scale [n], bias [n]) of float rows [n, D]; a row that is not
+    finite, or whose scale or bias `scale_dtype` cannot hold, is a ValueError (one line)."""
+    n, dim = weight.shape
+    check_dimension(bits, dim)
+    levels = (1 << bits) - 1
+    x = weight.detach().to(torch.float64)
+    if n == 0 or dim == 0:
+        empty = torch.zeros(n, 0 if dim == 0 else dim * bits // 8, dtype=torch.uint8, device=x.device)
+        return empty, torch.zeros(n, dtype=scale_dtype, device=x.device), torch.zeros(n, dtype=scale_dtype, device=x.device)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("cannot quantize rows holding NaN or inf")
+    lo, hi = x.min(1).values, x.max(1).values
+    down, up = torch.tensor(float("-inf"), dtype=scale_dtype), torch.tensor(float("inf"), dtype=scale_dtype)
+    bias = lo.to(scale_dtype)
+    bias = torch.where(bias.double() > lo, torch.nextafter(bias, down.to(bias.device)), bias)  # rounded down
+    scale = ((hi - bias.double()) / levels).to(scale_dtype)
+    for _ in range(8):  # the top code must reach max(x) as the lookups compute it
+        top = dequantize_codes(torch.full((n, 1), levels, dtype=torch.uint8, device=x.device), scale, bias)[:, 0]
+        short = top.double() < hi
+        if not bool(short.any()):
+            break
+        scale = torch.where(short, torch.nextafter(scale, up.to(scale.device)), scale)
+    if not (bool(torch.isfinite(scale).all()) and bool(torch.isfinite(bias).all())):
+        raise ValueError(f"rows with values beyond {scale_dtype} range (largest magnitude {float(x.abs().max()):.4g}) "
+                         "cannot be quantized with that scale and bias dtype")
+    step = scale.double().unsqueeze(1)
+    codes = torch.where(step > 0, (x - bias.double().unsqueeze(1)) / torch.where(step > 0, step, 1.0), 0.0)
+    codes = codes.round_().clamp_(0, levels).to(torch.uint8)
+    return pack(codes, bits), scale, bias
+
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 codes [n, D] as stored: as they are (int8), or two per byte (int4, element 2i low)."""
+    if bits == 8:
+        return codes
+    return codes[:, 0::2] | (codes[:, 1::2] << 4)
+
+
+def unpack(stored: torch.Tensor, bits: int) -> torch.Tensor:
+    """The codes [n, D] of stored rows."""
+    if bits == 8:
+        return stored
+    return torch.stack([stored & 0xF, stored >> 4], dim=2).view(stored.shape[0], -1)
+
+
+def dequantize_codes(codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """float32 rows: code * scale + bias (the one formula, for lookups and state alike)."""
+    return codes.float() * scale.float().unsqueeze(1) + bias.float().unsqueeze(1)
+
+
+def dequantize_rows(stored: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, bits: int) -> torch.Tensor:
+    return dequantize_codes(unpack(stored, bits), scale, bias)
+
+
+# --- the collection --------------------------------------------------------------------------------
+
+
+class QuantizedEmbeddingCollection(EmbeddingCollection):
+    """uint8 codes (int8, or int4 two per byte) with a scale and bias per row; float32 pooling;
+    inference only."""
+
+    trainable = False
+    """apply_gradients refuses: export or serve these tables, train dense (or tiered) ones."""
+
+    def __init__(self, tables: list[TableConfig], bits: int = 8, optimizer: SparseOptimizerConfig | None = None,
+                 device: torch.device | str = "cpu", scale_dtype: torch.dtype = torch.float16):
+        super().__init__()
+        if not tables:
+            raise ValueError("an embedding collection needs at least one table")
+        empty = [t.name for t in tables if t.num_embeddings < 1]
+        if empty:
+            raise ValueError(f"tables {empty} have no rows: every table needs num_embeddings >= 1")
+        dims = {t.embedding_dim for t in tables}
+        if len(dims) != 1:
+            raise ValueError(f"all tables of a quantized collection share one dimension, got {sorted(dims)}")
+        check_dimension(bits, tables[0].embedding_dim, f"tables {', '.join(t.name for t in tables)}")
+        if scale_dtype not in (torch.float16, torch.float32):
+            raise ValueError(f"scale and bias are float16 or float32, not {scale_dtype}")
+        self.tables = list(tables)
+        self.optimizer = optimizer or SparseOptimizerConfig()
+        self.bits = bits
+        self.kind = f"int{bits}"
+        self.output_dtype = torch.float32
+        offsets = [0]
+        for t in self.tables[:-1]:
+            offsets.append(offsets[-1] + t.num_embeddings)
+        total = offsets[-1] + self.tables[-1].num_embeddings
+        self._span_of = {t.name: slice(o, o + t.num_embeddings) for t, o in zip(self.tables, offsets)}
+        self._sequence_table = {f: (o, t.num_embeddings, t.fold) for t, o in zip(self.tables, offsets)
+                                for f in t.sequence_names}
+        per_feature = [(o, t.num_embeddings, t.fold, t.pooling == "mean")
+                       for t, o in zip(self.tables, offsets) for _ in t.feature_names]
+        width = self.dim * bits // 8
+        self.register_buffer("codes", torch.zeros(total, width, dtype=torch.uint8, device=device), persistent=False)
+        self.register_buffer("scale", torch.zeros(total, dtype=scale_dtype, device=device), persistent=False)
+        self.register_buffer("bias", torch.zeros(total, dtype=scale_dtype, device=device), persistent=False)
+        self.register_buffer("optimizer_state", new_state(self.optimizer, total, self.dim, device), persistent=False)
+        for name, column, dtype in [("_feature_offset", 0, torch.int64), ("_feature_rows", 1, torch.int64),
+                                    ("_feature_fold", 2, torch.bool), ("_feature_mean", 3, torch.bool)]:
+            values = [f[column] for f in per_feature]
+            self.register_buffer(name, torch.tensor(values, dtype=dtype, device=device), persistent=False)
+        self.reset_parameters()
+
+    # --- ids -------------------------------------------------------------------------------------
+
+    def _global_rows(self, ids: torch.Tensor, feature_of_id: torch.Tensor) -> torch.Tensor:
+        """Rows of the fused buffers for ids of the pooled features `feature_of_id`: folded where the
+        table folds; an id outside its table is an IndexError (checked where the ids are on the host)."""
+        limit, fold = self._feature_rows[feature_of_id], self._feature_fold[feature_of_id]
+        ids = torch.where(fold, torch.remainder(ids, limit), ids)
+        if ids.device.type == "cpu":
+            bad = (ids < 0) | (ids >= limit)
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0, 0])
+                feature = int(feature_of_id[i])
+                raise IndexError(f"id {int(ids[i])} of feature {self.feature_names[feature]} is outside its "
+                                 f"table's {int(self._feature_rows[feature])} rows")
+        return ids + self._feature_offset[feature_of_id]
+
+    def _rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """float32 rows of the fused buffers: only these are read and dequantized."""
+        return dequantize_rows(self.codes.index_select(0, rows), self.scale.index_select(0, rows),
+                               self.bias.index_select(0, rows), self.bits)
+
+    # --- lookups -----------------------------------------------------------------------------
+
+    def forward(self, features: JaggedFeatures) -> torch.Tensor:
+        batch, num_features, device = features.batch_size, len(self.feature_names), self.codes.device
+        if num_features == 0:
+            return torch.zeros(batch, 0, self.dim, device=device, dtype=self.output_dtype)
+        features = features.select(self.feature_names)
+        lengths = features.lengths.to(device=device, dtype=torch.int64)
+        feature_of_value = torch.arange(num_features, device=device).repeat_interleave(batch).repeat_interleave(lengths)
+        rows = self._global_rows(features.values.to(device), feature_of_value)
+        with torch.no_grad():
+            gathered = self._rows(rows)
+            weights = None if features.weights is None else features.weights.to(device=device, dtype=torch.float32)
+            pooled = F.embedding_bag(torch.arange(rows.numel(), device=device), gathered, lengths.cumsum(0) - lengths,
+                                     mode="sum", per_sample_weights=weights)
+            mean = self._feature_mean.repeat_interleave(batch).unsqueeze(1)
+            pooled = torch.where(mean, pooled / lengths.clamp(min=1).unsqueeze(1), pooled)
+        return pooled.view(num_features, batch, self.dim).transpose(0, 1).to(self.output_dtype)
+
+    def sequences(self, features: JaggedFeatures, max_length: int) -> dict[str, SequenceEmbeddings]:
+        batch, device = features.batch_size, self.codes.device
+        per_key = features.lengths.view(len(features.keys), batch)
+        value_parts = torch.split(features.values, per_key.sum(1).tolist())
+        out = {}
+        for name, (row_offset, rows, fold) in self._sequence_table.items():
+            if name not in features.keys:
+                raise KeyError(f"batch lacks sequence feature {name!r}")
+            i = features.keys.index(name)
+            ids, lengths = value_parts[i].to(device), per_key[i].to(device=device, dtype=torch.int64)
+            kept = lengths.clamp(max=max_length)  # each sample's last max_length ids
+            sample = torch.arange(batch, device=device).repeat_interleave(lengths)
+            starts = torch.cumsum(lengths, 0) - lengths + (lengths - kept)
+            position = torch.arange(ids.numel(), device=device) - starts[sample]
+            keep = position >= 0
+            ids, sample, position = ids[keep], sample[keep], position[keep]
+            if fold:
+                ids = torch.remainder(ids, rows)
+            elif ids.device.type == "cpu" and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= rows):
+                bad = ids[(ids < 0) | (ids >= rows)][0]
+                raise IndexError(f"id {int(bad)} of sequence feature {name} is outside its table's {rows} rows")
+            with torch.no_grad():
+                looked_up = self._rows(ids + row_offset)
+            width = max(int(kept.max()) if batch else 0, 1)
+            padded = looked_up.new_zeros(batch * width, self.dim).index_copy(0, sample * width + position, looked_up)
+            out[name] = SequenceEmbeddings(padded.view(batch, width, self.dim).to(self.output_dtype), kept)
+        return out
+
+    # --- no training -------------------------------------------------------------------------
+
+    def apply_gradients(self, lr: float) -> None:
+        raise RuntimeError(f"{self.kind} embedding tables are for inference (export or serve): train with embeddings "
+                           f"kind dense or tiered, then load the checkpoint into {self.kind}")
+
+    def discard_gradients(self) -> None:
+        pass  # no lookup is recorded
+
+    # --- logical state: dequantized rows, the optimizer state as loaded ------------------------
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the logical rows (`table_state`): float32. The stored rows are uint8 codes."""
+        return torch.float32
+
+    def _span(self, name: str) -> slice:
+        if name not in self._span_of:
+            raise KeyError(f"{type(self).__name__} has no table {name!r}")
+        return self._span_of[name]
+
+    def table_state(self, name: str) -> TableState:
+        span = self._span(name)
+        return TableState(dequantize_rows(self.codes[span], self.scale[span], self.bias[span], self.bits),
+                          self.optimizer_state[span])
+
+    @torch.no_grad()
+    def _store(self, index: torch.Tensor, weight: torch.Tensor) -> None:
+        """Quantize float rows [len(index), D] into the fused rows `index`, a chunk at a time."""
+        device = self.codes.device
+        for start in range(0, index.numel(), CHUNK_ROWS):
+            part = index[start:start + CHUNK_ROWS].to(device)
+            codes, scale, bias = quantize_rows(weight[start:start + CHUNK_ROWS].to(device), self.bits, self.scale.dtype)
+            self.codes.index_copy_(0, part, codes)
+            self.scale.index_copy_(0, part, scale)
+            self.bias.index_copy_(0, part, bias)
+
+    @torch.no_grad()
+    def load_table_state(self, name: str, state: TableState) -> None:
+        span = self._span(name)
+        self._store(torch.arange(span.start, span.stop), state.weight)
+        self.optimizer_state[span].copy_(state.optimizer_state)
+
+    def read_rows(self, name: str, rows: torch.Tensor) -> TableState:
+        index = rows.to(self.codes.device) + self._span(name).start
+        return TableState(self._rows(index), self.optimizer_state.index_select(0, index))
+
+    @torch.no_grad()
+    def write_rows(self, name: str, rows: torch.Tensor, state: TableState) -> None:
+        index = rows.to(self.codes.device) + self._span(name).start
+        self._store(index, state.weight)
+        self.optimizer_state.index_copy_(0, index, state.optimizer_state.to(self.optimizer_state))
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        self.optimizer_state.zero_()
+        if self.codes.device.type == "meta":  # sized, not filled
+            return
+        for t in self.tables:
+            span = self._span(t.name)
+            for start in range(span.start, span.stop, CHUNK_ROWS):
+                stop = min(start + CHUNK_ROWS, span.stop)
+                weight = torch.empty(stop - start, t.embedding_dim, device=self.codes.device)
+                t.initialize(weight)  # a chunk of the table's rows, as its init says
+                self._store(torch.arange(start, stop), weight)
+
+    # --- sizes -------------------------------------------------------------------------------
+
+    def row_bytes(self) -> int:
+        """Bytes of one stored row: its codes, its scale and its bias."""
+        return self.dim * self.bits // 8 + 2 * torch.empty(0, dtype=self.scale.dtype).element_size()
+
+    def embedding_bytes(self) -> int:
+        return sum(t.num_embeddings for t in self.tables) * self.row_bytes()
+
+    # --- placement ---------------------------------------------------------------------------
+
+    def place(self, device: torch.device | str) -> None:
+        self.move_tensors(device)
+
+    @property
+    def ids_device(self) -> torch.device:
+        return self.codes.device
+
+    def _apply(self, fn, recurse=True):
+        """A model's dtype conversion sets the output's dtype; the codes, scales and biases keep
+        theirs and stay where `place` put them; what changes neither (share_memory) applies to them."""
+        self.output_dtype = fn(torch.zeros(0, dtype=self.output_dtype)).dtype
+
+        def in_place(t: torch.Tensor) -> torch.Tensor:
+            probe = fn(t.new_empty(0))
+            return fn(t) if (probe.device, probe.dtype) == (t.device, t.dtype) else t
+
+        return nn.Module._apply(self, in_place, recurse)
+
+
+@register("int8")
+def build_int8(tables: list[TableConfig], placement: Placement) -> QuantizedEmbeddingCollection:
+    """Row-wise int8 tables (uint8 codes, float16 scale and bias per row) where the model computes, for inference."""
+    return QuantizedEmbeddingCollection(tables, 8, placement.optimizer, device=placement.device)
+
+
+@register("int4")
+def build_int4(tables: list[TableConfig], placement: Placement) -> QuantizedEmbeddingCollection:
+    """Row-wise int4 tables (two codes per byte, float16 scale and bias per row), for inference."""
+    return QuantizedEmbeddingCollection(tables, 4, placement.optimizer, device=placement.device)
