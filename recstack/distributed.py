@@ -133,8 +133,8 @@ def launch(nproc: int, module_args: list[str], nnodes: int = 1, node_rank: int =
         "--rdzv-conf", f"timeout={int(JOIN_TIMEOUT.total_seconds())}",
         "-m", "recstack.cli", *module_args,
     ])
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed import DistStoreError
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousError, RendezvousTimeoutError
 
     try:
