@@ -88,10 +88,47 @@ def quantize_rows(weight: torch.Tensor, bits: int, scale_dtype: torch.dtype = to
     if not (bool(torch.isfinite(scale).all()) and bool(torch.isfinite(bias).all())):
         raise ValueError(f"rows with values beyond {scale_dtype} range (largest magnitude {float(x.abs().max()):.4g}) "
                          "cannot be quantized with that scale and bias dtype")
+    codes = _codes(x, scale, bias, levels)
+    # rows this scheme reads back (a state dict or an export of these tables) must quantize to the same
+    # values; the grid above can miss theirs when the scale is subnormal in float16 or the codes do not
+    # span 0..levels: for those rows, the grid nearby that reproduces them exactly
+    inexact = (dequantize_codes(codes, scale, bias).double() != x).any(1).nonzero()[:, 0]
+    if inexact.numel():
+        found, grid = _exact_grid(x[inexact], lo[inexact], hi[inexact], bias[inexact], levels)
+        if bool(found.any()):
+            rows = inexact[found]
+            codes[rows], scale[rows], bias[rows] = (part[found] for part in grid)
+    return pack(codes, bits), scale, bias
+
+
+def _codes(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, levels: int) -> torch.Tensor:
+    """The nearest code of every element on each row's grid (uint8 [n, D], unpacked)."""
     step = scale.double().unsqueeze(1)
     codes = torch.where(step > 0, (x - bias.double().unsqueeze(1)) / torch.where(step > 0, step, 1.0), 0.0)
-    codes = codes.round_().clamp_(0, levels).to(torch.uint8)
-    return pack(codes, bits), scale, bias
+    return codes.round_().clamp_(0, levels).to(torch.uint8)
+
+
+def _exact_grid(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bias: torch.Tensor, levels: int,
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(found [n], (codes, scale, bias)) for rows that some grid of this scheme reproduces exactly: its
+    bias is min(x) rounded down or one float16 step below that (when the row's codes did not start at
+    0), its scale a few steps from (max - bias) / levels."""
+    n = x.shape[0]
+    found = torch.zeros(n, dtype=torch.bool, device=x.device)
+    codes, scales, biases = torch.zeros_like(x, dtype=torch.uint8), bias.clone(), bias.clone()
+    down, up = (torch.tensor(v, dtype=bias.dtype, device=x.device) for v in (float("-inf"), float("inf")))
+    for b in (bias, torch.nextafter(bias, down)):
+        scale = ((hi - b.double()) / levels).to(bias.dtype)
+        scale = torch.nextafter(torch.nextafter(scale, down), down).clamp(min=0)
+        for _ in range(8):
+            c = _codes(x, scale, b, levels)
+            exact = ~found & (dequantize_codes(c, scale, b).double() == x).all(1)
+            codes[exact], scales[exact], biases[exact] = c[exact], scale[exact], b[exact]
+            found |= exact
+            if bool(found.all()):
+                return found, (codes, scales, biases)
+            scale = torch.nextafter(scale, up)
+    return found, (codes, scales, biases)
 
 
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
