@@ -198,6 +198,7 @@ PLUGGED: list[tuple[tuple[str, ...], str, str, str]] = [
     ((), "serve", "recstack.serve.server", "serve a model over HTTP: JSON ranking API, Prometheus metrics, load shedding"),
     ((), "loadgen", "recstack.serve.loadgen_cli", "open-loop load test of an engine or server: latency percentiles against load"),
     ((), "sched", "recstack.serve.sched", "DeepRecSched: tune query splitting and offload for latency-bounded throughput"),
+    ((), "export", "recstack.serve.export", "a serving artifact from a checkpoint, its tables optionally quantized (fp16, int8, int4)"),
 ]
 
 
