@@ -48,6 +48,8 @@ BITS = {"int8": 8, "int4": 4}
 """Kind name -> bits per code."""
 CHUNK_ROWS = 1 << 16
 """Rows quantized at a time (a float64 working copy of this many rows, not of a whole table)."""
+PROBE = 2
+"""Elements of a row checked before the whole row, when looking for a grid that reproduces it exactly."""
 
 
 # --- the row-wise scheme ---------------------------------------------------------------------------
@@ -121,12 +123,18 @@ def _exact_grid(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bias: torch
         scale = ((hi - b.double()) / levels).to(bias.dtype)
         scale = torch.nextafter(torch.nextafter(scale, down), down).clamp(min=0)
         for _ in range(8):
-            c = _codes(x, scale, b, levels)
-            exact = ~found & (dequantize_codes(c, scale, b).double() == x).all(1)
-            codes[exact], scales[exact], biases[exact] = c[exact], scale[exact], b[exact]
-            found |= exact
-            if bool(found.all()):
-                return found, (codes, scales, biases)
+            # a few elements first: rows not read back from these tables (fresh float rows) fail there
+            few = x[:, :PROBE]
+            maybe = (~found & (dequantize_codes(_codes(few, scale, b, levels), scale, b).double() == few).all(1))
+            maybe = maybe.nonzero()[:, 0]
+            if maybe.numel():
+                c = _codes(x[maybe], scale[maybe], b[maybe], levels)
+                exact = (dequantize_codes(c, scale[maybe], b[maybe]).double() == x[maybe]).all(1)
+                rows = maybe[exact]
+                codes[rows], scales[rows], biases[rows] = c[exact], scale[rows], b[rows]
+                found[rows] = True
+                if bool(found.all()):
+                    return found, (codes, scales, biases)
             scale = torch.nextafter(scale, up)
     return found, (codes, scales, biases)
 
