@@ -63,10 +63,11 @@ def check_dimension(bits: int, dim: int, what: str = "the tables") -> None:
                          f"have dimension {dim} (use int8 or fp16)")
 
 
-def quantize_rows(weight: torch.Tensor, bits: int, scale_dtype: torch.dtype = torch.float16,
+def quantize_rows(weight: torch.Tensor, bits: int, scale_dtype: torch.dtype = torch.float16, fresh: bool = False,
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(codes uint8 [n, D * bits / 8], scale [n], bias [n]) of float rows [n, D]; a row that is not
-    finite, or whose scale or bias `scale_dtype` cannot hold, is a ValueError (one line)."""
+    finite, or whose scale or bias `scale_dtype` cannot hold, is a ValueError (one line). `fresh`: the
+    rows were not read back from such tables (random init), so no exact grid is looked for."""
     n, dim = weight.shape
     check_dimension(bits, dim)
     levels = (1 << bits) - 1
@@ -94,7 +95,16 @@ def quantize_rows(weight: torch.Tensor, bits: int, scale_dtype: torch.dtype = to
     # rows this scheme reads back (a state dict or an export of these tables) must quantize to the same
     # values; the grid above can miss theirs when the scale is subnormal in float16 or the codes do not
     # span 0..levels: for those rows, the grid nearby that reproduces them exactly
-    inexact = (dequantize_codes(codes, scale, bias).double() != x).any(1).nonzero()[:, 0]
+    if fresh:
+        return pack(codes, bits), scale, bias
+    # where the plain grid reproduces every row read back: a normal scale, a bias more than a quarter
+    # step below the next float16, codes spanning 0..levels (see _exact_grid); elsewhere, check
+    tiny = torch.finfo(scale_dtype).tiny
+    narrow = 4 * (torch.nextafter(bias, torch.tensor(float("inf"), dtype=scale_dtype)) - bias).double() >= scale.double()
+    odd = (scale.double() < tiny) | narrow | (codes.amin(1) > 0) | (codes.amax(1) < levels)
+    candidates = odd.nonzero()[:, 0]
+    inexact = candidates[(dequantize_codes(codes[candidates], scale[candidates], bias[candidates]).double()
+                          != x[candidates]).any(1)]
     if inexact.numel():
         found, grid = _exact_grid(x[inexact], lo[inexact], hi[inexact], bias[inexact], levels)
         if bool(found.any()):
@@ -119,12 +129,12 @@ def _exact_grid(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bias: torch
     found = torch.zeros(n, dtype=torch.bool, device=x.device)
     codes, scales, biases = torch.zeros_like(x, dtype=torch.uint8), bias.clone(), bias.clone()
     down, up = (torch.tensor(v, dtype=bias.dtype, device=x.device) for v in (float("-inf"), float("inf")))
+    few = x[:, :PROBE].contiguous()
     for b in (bias, torch.nextafter(bias, down)):
         scale = ((hi - b.double()) / levels).to(bias.dtype)
         scale = torch.nextafter(torch.nextafter(scale, down), down).clamp(min=0)
         for _ in range(8):
             # a few elements first: rows not read back from these tables (fresh float rows) fail there
-            few = x[:, :PROBE]
             maybe = (~found & (dequantize_codes(_codes(few, scale, b, levels), scale, b).double() == few).all(1))
             maybe = maybe.nonzero()[:, 0]
             if maybe.numel():
@@ -306,12 +316,13 @@ class QuantizedEmbeddingCollection(EmbeddingCollection):
                           self.optimizer_state[span])
 
     @torch.no_grad()
-    def _store(self, index: torch.Tensor, weight: torch.Tensor) -> None:
+    def _store(self, index: torch.Tensor, weight: torch.Tensor, fresh: bool = False) -> None:
         """Quantize float rows [len(index), D] into the fused rows `index`, a chunk at a time."""
         device = self.codes.device
         for start in range(0, index.numel(), CHUNK_ROWS):
             part = index[start:start + CHUNK_ROWS].to(device)
-            codes, scale, bias = quantize_rows(weight[start:start + CHUNK_ROWS].to(device), self.bits, self.scale.dtype)
+            codes, scale, bias = quantize_rows(weight[start:start + CHUNK_ROWS].to(device), self.bits, self.scale.dtype,
+                                               fresh)
             self.codes.index_copy_(0, part, codes)
             self.scale.index_copy_(0, part, scale)
             self.bias.index_copy_(0, part, bias)
@@ -343,7 +354,7 @@ class QuantizedEmbeddingCollection(EmbeddingCollection):
                 stop = min(start + CHUNK_ROWS, span.stop)
                 weight = torch.empty(stop - start, t.embedding_dim, device=self.codes.device)
                 t.initialize(weight)  # a chunk of the table's rows, as its init says
-                self._store(torch.arange(start, stop), weight)
+                self._store(torch.arange(start, stop), weight, fresh=True)
 
     # --- sizes -------------------------------------------------------------------------------
 
