@@ -146,7 +146,8 @@ class EmbeddingsConfig:
 
     kind: str = "dense"
     """dense (plain tables where the model computes), tiered (FAE's hot/cold tiers: fae.budget selects
-    it), fp16 (half-precision tables, for inference); docs/ARCHITECTURE.md lists them all."""
+    it), sharded (over the ranks of a job: several ranks select it), fp16, int8, int4 (inference tables:
+    half precision, row-wise quantized); docs/ARCHITECTURE.md describes them."""
     collections: list[str] = field(default_factory=list)
     """role=kind for a model's collections by role: main, wide (Wide & Deep, DeepFM), gmf, mlp (NCF)."""
     sharding: str = "auto"
