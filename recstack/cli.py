@@ -35,11 +35,15 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         # torch's own launcher (torchrun) starts the ranks, each running this command without these flags
         return launch(args.nproc, _without_launch_flags(args.argv), args.nnodes, args.node_rank,
                       args.rdzv_endpoint)
+    from recstack.distributed import leave
     from recstack.train.run import train
 
     config = _config_from(args, extra)
-    train(config, checkpoint_dir=args.checkpoint_dir, resume=args.resume, report_path=args.report,
-          baselines=args.baseline)
+    try:
+        train(config, checkpoint_dir=args.checkpoint_dir, resume=args.resume, report_path=args.report,
+              baselines=args.baseline)
+    finally:
+        leave()  # a rank exiting with its process group alive can abort in gloo's threads
     return 0
 
 

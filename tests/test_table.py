@@ -16,10 +16,10 @@ from recstack.data.table import (
     TABLE_REJECT_REASONS,
     encode_table_rows,
     hash_keys,
+    held_out_rows,
     iter_table_chunks,
     load_table_spec,
     prepare_table,
-    test_rows,
 )
 from recstack.errors import ConfigError, DataError
 
@@ -463,7 +463,7 @@ def test_a_model_of_a_table_scores_new_raw_files_of_its_schema(tmp_path, capsys)
     # the test split's rows as a new raw file (in the dataset's order), plus one row that is rejected
     ds = Dataset(data)
     a, b = ds.split("test")
-    held_out = test_rows(SimpleNamespace(lines=np.arange(n) + 2, split_keys=None), 0.25, 0)  # line i + 2: row i
+    held_out = held_out_rows(SimpleNamespace(lines=np.arange(n) + 2, split_keys=None), 0.25, 0)  # line i + 2: row i
     test_lines = [line for line, t in zip(lines, held_out) if t]
     assert len(test_lines) == b - a
     raw = write(tmp_path, "new.csv", "click,price,site,device\n" + "\n".join(test_lines) + "\nx,1,s1,d1\n")

@@ -616,7 +616,7 @@ def encode_parsed(
 # --------------------------------------------------------------------------------------------
 
 
-def test_rows(chunk: ParsedTable, fraction: float, seed: int) -> np.ndarray:
+def held_out_rows(chunk: ParsedTable, fraction: float, seed: int) -> np.ndarray:
     """bool [n]: which kept rows of a chunk go to the test split of a seeded random split: by row (its
     line or row number) or, with a split key, by the key's value (all rows of one key on one side).
     A row's side depends only on (seed, row or key), so two passes over a file agree."""
@@ -686,7 +686,7 @@ def prepare_table(
                     if held_out is None:
                         sink.append(chunk.dense, chunk.labels, chunk.cat, chunk.missing)
                     else:
-                        test = test_rows(chunk, split_random, seed)
+                        test = held_out_rows(chunk, split_random, seed)
                         sink.append(*_rows(chunk, test if held_out else ~test))
                         num_test[0] += int(test.sum()) if held_out else 0
                     bar.update(chunk.input_bytes / 1e6)
