@@ -237,10 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-dir", metavar="DIR", help="write checkpoints here")
     train.add_argument("--nproc", type=positive_int, default=1,
                        help="ranks on this machine (torch's launcher starts them; tables sharded, see README)")
-    train.add_argument("--nnodes", type=positive_int, default=1, help="machines in the job (with --rdzv-endpoint)")
-    train.add_argument("--node-rank", type=nonnegative_int, default=0, help="this machine's index in the job")
-    train.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
-                       help="where the ranks meet (default 127.0.0.1 and a free port: one machine)")
+    train.add_argument("--nnodes", type=positive_int, default=1,
+                       help="launchers (\"nodes\") in the job, each started on this machine with its --node-rank")
+    train.add_argument("--node-rank", type=nonnegative_int, default=0, help="this launcher's index in the job")
+    train.add_argument("--rdzv-endpoint", metavar="127.0.0.1:PORT",
+                       help="where the launchers meet (default 127.0.0.1 and a free port); across machines use torchrun")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --checkpoint-dir")
     train.add_argument("--seed", type=seed, help="the one seed for data order, initialization and synthetic data")
     train.add_argument("--baseline", action="append", metavar="SPEC",

@@ -84,6 +84,8 @@ def join(device: str = "cpu") -> World:
     if not launched():
         return world
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_world_size))
+    if os.environ.get("MASTER_ADDR", "").startswith("127."):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # a job on this machine stays on loopback
     if not dist.is_initialized():
         try:
             dist.init_process_group("nccl" if where.type == "cuda" else "gloo", timeout=JOIN_TIMEOUT,
@@ -119,14 +121,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def loopback_endpoint(endpoint: str | None) -> tuple[str, str]:
+    """(host, port) of a rendezvous on this machine: 127.0.0.1 and a free port, or the given
+    127.0.0.1:PORT. Anything else is refused: this launcher is the one-machine shortcut (several
+    "nodes" included, as tests run them), and a job across machines is torchrun's to start."""
+    if endpoint is None:
+        return "127.0.0.1", str(free_port())
+    host, _, port = endpoint.rpartition(":")
+    if host != LOOPBACK_ENV["MASTER_ADDR"] or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--rdzv-endpoint {endpoint}: recstack's launcher meets on 127.0.0.1:PORT only; for a job "
+                          "across machines start each one with torchrun (README, Scaling out)")
+    return host, port
+
+
 def launch(nproc: int, module_args: list[str], nnodes: int = 1, node_rank: int = 0,
            endpoint: str | None = None) -> int:
     """Run `python -m recstack.cli <module_args>` on `nproc` ranks with torch's own launcher (torchrun),
-    rendezvous on 127.0.0.1 unless an endpoint is given; the exit status of the job."""
+    rendezvous and gloo on loopback (127.0.0.1, interface lo); the exit status of the job."""
     from torch.distributed.run import get_args_parser, run
 
-    os.environ.update({k: v for k, v in LOOPBACK_ENV.items() if k not in os.environ or k == "MASTER_ADDR"})
-    host, _, port = (endpoint or f"127.0.0.1:{free_port()}").rpartition(":")
+    host, port = loopback_endpoint(endpoint)
+    os.environ.update(LOOPBACK_ENV)  # the ranks inherit it: gloo never picks another interface
     args = get_args_parser().parse_args([
         "--nproc-per-node", str(nproc), "--nnodes", str(nnodes), "--node-rank", str(node_rank),
         "--master-addr", host, "--master-port", port, "--max-restarts", "0",

@@ -375,7 +375,7 @@ def test_http_target_without_a_server_is_a_config_error():
     with pytest.raises(ConfigError, match="no recstack server"):
         HttpTarget("http://127.0.0.1:9")
     with pytest.raises(ConfigError):
-        HttpTarget("localhost:8000")
+        HttpTarget("127.0.0.1:8000")  # no scheme
 
 
 @pytest.mark.parametrize("url, message", [

@@ -128,3 +128,15 @@ def test_a_node_that_never_comes_is_a_timeout_with_one_line(tmp_path, data):
     assert proc.returncode == 2
     assert "did not all reach the rendezvous at 127.0.0.1:" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_launcher_meets_on_loopback_only():
+    from recstack.distributed import loopback_endpoint
+    from recstack.errors import ConfigError
+
+    assert loopback_endpoint("127.0.0.1:29500") == ("127.0.0.1", "29500")
+    host, port = loopback_endpoint(None)
+    assert host == "127.0.0.1" and int(port) > 0
+    for other in ("10.0.0.5:29500", "localhost:29500", "node1:29500", "127.0.0.1:x"):
+        with pytest.raises(ConfigError, match="127.0.0.1:PORT only"):
+            loopback_endpoint(other)
