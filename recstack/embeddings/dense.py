@@ -20,6 +20,7 @@ from recstack.embeddings.base import (
     TableConfig,
     TableState,
 )
+from recstack.embeddings.layout import FusedLayout, padded
 from recstack.embeddings.optim import new_state, sum_duplicate_rows, update_rows
 from recstack.embeddings.plan import Placement, register
 
@@ -57,31 +58,10 @@ class DenseEmbeddingCollection(EmbeddingCollection):
             raise ValueError(f"all tables of a DenseEmbeddingCollection share one dimension, got {sorted(dims)}")
         self.tables = list(tables)
         self.optimizer = optimizer or SparseOptimizerConfig()
-        total_rows = sum(t.num_embeddings for t in tables)
-        row_offsets = [0]
-        for t in tables[:-1]:
-            row_offsets.append(row_offsets[-1] + t.num_embeddings)
-        feature_offset, feature_rows, feature_fold, feature_mean = [], [], [], []
-        for t, offset in zip(tables, row_offsets):
-            for _ in t.feature_names:
-                feature_offset.append(offset)
-                feature_rows.append(t.num_embeddings)
-                feature_fold.append(t.fold)
-                feature_mean.append(t.pooling == "mean")
-        # sequence features: (row offset, rows, fold) of their table
-        self._sequence_table = {f: (offset, t.num_embeddings, t.fold) for t, offset in zip(tables, row_offsets)
-                                for f in t.sequence_names}
+        self.layout = FusedLayout(self.tables, device)
+        total_rows = self.layout.total_rows
         self.register_buffer("weight", torch.empty(total_rows, self.dim, device=device, dtype=dtype), persistent=False)
         self.register_buffer("optimizer_state", new_state(self.optimizer, total_rows, self.dim, device), persistent=False)
-        self.register_buffer("_feature_offset", torch.tensor(feature_offset, dtype=torch.int64), persistent=False)
-        self.register_buffer("_feature_rows", torch.tensor(feature_rows, dtype=torch.int64), persistent=False)
-        self._any_fold = any(feature_fold)
-        self._feature_fold_t = torch.tensor(feature_fold, dtype=torch.bool)
-        self._feature_mean = torch.tensor(feature_mean, dtype=torch.bool)
-        self._any_mean = any(feature_mean)
-        self.table_row_offsets = row_offsets
-        """Where each table's rows start in the fused `weight`."""
-        self._offset_of = {t.name: (offset, t.num_embeddings) for t, offset in zip(tables, row_offsets)}
         self._pending: list[_Lookup] = []
         self.reset_parameters()
 
@@ -97,11 +77,13 @@ class DenseEmbeddingCollection(EmbeddingCollection):
     def dtype(self) -> torch.dtype:
         return self.weight.dtype
 
+    @property
+    def table_row_offsets(self) -> list[int]:
+        """Where each table's rows start in the fused `weight`."""
+        return self.layout.table_row_offsets
+
     def _span(self, name: str) -> slice:
-        if name not in self._offset_of:
-            raise KeyError(f"{type(self).__name__} has no table {name!r}")
-        offset, rows = self._offset_of[name]
-        return slice(offset, offset + rows)
+        return self.layout.span(name, type(self).__name__)
 
     def table_weight(self, name: str) -> torch.Tensor:
         """A view of one table's rows."""
@@ -144,7 +126,7 @@ class DenseEmbeddingCollection(EmbeddingCollection):
             return self.weight.new_zeros(batch, 0, self.dim)
         features = self._in_order(features)
         lengths = features.lengths
-        one_hot = features.values.numel() == lengths.numel() and features.weights is None and not self._any_mean
+        one_hot = features.values.numel() == lengths.numel() and features.weights is None and not self.layout.any_mean
         if one_hot:
             one_hot = bool((lengths == 1).all())
         device = self.weight.device
@@ -152,16 +134,16 @@ class DenseEmbeddingCollection(EmbeddingCollection):
         if one_hot:
             # every bag holds exactly one id: the feature of value i is i // batch
             feature_of_value = offsets = None
-            rows = self.global_rows(values.view(num_features, batch), None).reshape(-1)
+            rows = self.layout.global_rows(values.view(num_features, batch), None).reshape(-1)
         else:
             lengths = lengths.to(device)
             offsets = torch.zeros(lengths.numel(), dtype=torch.int64, device=device)
             torch.cumsum(lengths[:-1], 0, out=offsets[1:])
             feature_of_value = torch.arange(num_features, device=device).repeat_interleave(batch).repeat_interleave(lengths)
-            rows = self.global_rows(values, feature_of_value)
+            rows = self.layout.global_rows(values, feature_of_value)
         weights = None if features.weights is None else features.weights.to(device=device, dtype=self.weight.dtype)
-        if self._any_mean and not one_hot:
-            is_mean = self._feature_mean.to(device)[feature_of_value]
+        if self.layout.any_mean and not one_hot:
+            is_mean = self.layout.feature_mean.to(device)[feature_of_value]
             bag_size = lengths.repeat_interleave(lengths).clamp(min=1).to(self.weight.dtype)
             scale = torch.where(is_mean, 1.0 / bag_size, torch.ones_like(bag_size))
             weights = scale if weights is None else weights * scale
@@ -175,59 +157,15 @@ class DenseEmbeddingCollection(EmbeddingCollection):
             self._pending.append(_Lookup(rows, None if one_hot else lengths, weights, pooled))
         return pooled.view(num_features, batch, self.dim).transpose(0, 1)
 
-    def global_rows(self, ids: torch.Tensor, feature_of_id: torch.Tensor | None) -> torch.Tensor:
-        """Rows of the fused buffer for ids of the features `feature_of_id` (None: ids is [F, B], one
-        per bag): folded where the table folds; an id outside its table is an IndexError (checked
-        where the ids are on the host: on a GPU the check would wait for the device every step)."""
-        device = ids.device
-        if feature_of_id is None:
-            limit, offset = self._feature_rows.to(device).unsqueeze(1), self._feature_offset.to(device).unsqueeze(1)
-            fold = self._feature_fold_t.to(device).unsqueeze(1)
-        else:
-            limit, offset = self._feature_rows.to(device)[feature_of_id], self._feature_offset.to(device)[feature_of_id]
-            fold = self._feature_fold_t.to(device)[feature_of_id]
-        if self._any_fold:
-            ids = torch.where(fold, torch.remainder(ids, limit), ids)
-        if device.type == "cpu":
-            bad = (ids < 0) | (ids >= limit)
-            if bool(bad.any()):
-                position = bad.nonzero()[0]
-                feature = int(position[0]) if feature_of_id is None else int(feature_of_id[position[0]])
-                raise IndexError(f"id {int(ids[tuple(position)])} of feature {self.feature_names[feature]} is outside "
-                                 f"its table's {int(self._feature_rows[feature])} rows")
-        return ids + offset
-
     def sequences(self, features: JaggedFeatures, max_length: int) -> dict[str, SequenceEmbeddings]:
-        batch, device = features.batch_size, self.weight.device
-        per_key = features.lengths.view(len(features.keys), batch)
-        value_parts = torch.split(features.values, per_key.sum(1).tolist())
         out = {}
-        for name, (row_offset, rows, fold) in self._sequence_table.items():
-            if name not in features.keys:
-                raise KeyError(f"batch lacks sequence feature {name!r}")
-            i = features.keys.index(name)
-            ids, lengths = value_parts[i].to(device), per_key[i].to(device=device, dtype=torch.int64)
-            # keep each sample's last max_length ids: position of every id counted from its kept start
-            kept = lengths.clamp(max=max_length)
-            sample = torch.arange(batch, device=device).repeat_interleave(lengths)
-            starts = torch.cumsum(lengths, 0) - lengths + (lengths - kept)
-            position = torch.arange(ids.numel(), device=device) - starts[sample]
-            keep = position >= 0
-            ids, sample, position = ids[keep], sample[keep], position[keep]
-            if fold:
-                ids = torch.remainder(ids, rows)
-            elif ids.device.type == "cpu" and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= rows):
-                bad = ids[(ids < 0) | (ids >= rows)][0]
-                raise IndexError(f"id {int(bad)} of sequence feature {name} is outside its table's {rows} rows")
-            global_rows = ids + row_offset
+        for name, ids in self.layout.sequence_ids(features, max_length, self.weight.device).items():
             with torch.no_grad():
-                looked_up = self.weight.index_select(0, global_rows)
+                looked_up = self.weight.index_select(0, ids.rows)
             if self.training and torch.is_grad_enabled():
                 looked_up.requires_grad_(True)
-                self._pending.append(_Lookup(global_rows, None, None, looked_up))
-            width = max(int(kept.max()) if batch else 0, 1)
-            padded = looked_up.new_zeros(batch * width, self.dim).index_copy(0, sample * width + position, looked_up)
-            out[name] = SequenceEmbeddings(padded.view(batch, width, self.dim), kept)
+                self._pending.append(_Lookup(ids.rows, None, None, looked_up))
+            out[name] = padded(looked_up, ids, features.batch_size)
         return out
 
     def pending_gradients(self) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -21,26 +21,22 @@ range is narrower than about a float16 step of its magnitude times 2^bits (rows 
 few float16 steps of each other): such a row may read back one quantization step apart after a reload.
 The optimizer state is kept as loaded (float32, [rows, k]), as fp16's is: nothing here updates it.
 
-Lookups gather only the rows a batch reads, dequantize them to float32 and pool them with
-`embedding_bag` in float32 (pure PyTorch); ids are folded and range-checked as dense.py does. The
-output is float32 unless the enclosing model was converted (`.double()`, `.half()`); the codes, scales
-and biases keep their dtypes whatever the model's.
+Lookups (only the rows a batch reads, dequantized to float32, pooled in float32 in pure PyTorch) and
+the refusal to train are recstack.embeddings.inference's; ids are folded and range-checked by the
+fused layout dense.py uses. The codes, scales and biases keep their dtypes whatever the model's.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from recstack.data.batch import JaggedFeatures
 from recstack.embeddings.base import (
-    EmbeddingCollection,
-    SequenceEmbeddings,
     SparseOptimizerConfig,
     TableConfig,
     TableState,
 )
+from recstack.embeddings.inference import InferenceCollection
+from recstack.embeddings.layout import FusedLayout
 from recstack.embeddings.optim import new_state
 from recstack.embeddings.plan import Placement, register
 
@@ -175,12 +171,9 @@ def dequantize_rows(stored: torch.Tensor, scale: torch.Tensor, bias: torch.Tenso
 # --- the collection --------------------------------------------------------------------------------
 
 
-class QuantizedEmbeddingCollection(EmbeddingCollection):
+class QuantizedEmbeddingCollection(InferenceCollection):
     """uint8 codes (int8, or int4 two per byte) with a scale and bias per row; float32 pooling;
     inference only."""
-
-    trainable = False
-    """apply_gradients refuses: export or serve these tables, train dense (or tiered) ones."""
 
     def __init__(self, tables: list[TableConfig], bits: int = 8, optimizer: SparseOptimizerConfig | None = None,
                  device: torch.device | str = "cpu", scale_dtype: torch.dtype = torch.float16):
@@ -200,103 +193,23 @@ class QuantizedEmbeddingCollection(EmbeddingCollection):
         self.optimizer = optimizer or SparseOptimizerConfig()
         self.bits = bits
         self.kind = f"int{bits}"
-        self.output_dtype = torch.float32
-        offsets = [0]
-        for t in self.tables[:-1]:
-            offsets.append(offsets[-1] + t.num_embeddings)
-        total = offsets[-1] + self.tables[-1].num_embeddings
-        self._span_of = {t.name: slice(o, o + t.num_embeddings) for t, o in zip(self.tables, offsets)}
-        self._sequence_table = {f: (o, t.num_embeddings, t.fold) for t, o in zip(self.tables, offsets)
-                                for f in t.sequence_names}
-        per_feature = [(o, t.num_embeddings, t.fold, t.pooling == "mean")
-                       for t, o in zip(self.tables, offsets) for _ in t.feature_names]
+        self.quantized_layout = FusedLayout(self.tables, device)
+        total = self.quantized_layout.total_rows
         width = self.dim * bits // 8
         self.register_buffer("codes", torch.zeros(total, width, dtype=torch.uint8, device=device), persistent=False)
         self.register_buffer("scale", torch.zeros(total, dtype=scale_dtype, device=device), persistent=False)
         self.register_buffer("bias", torch.zeros(total, dtype=scale_dtype, device=device), persistent=False)
         self.register_buffer("optimizer_state", new_state(self.optimizer, total, self.dim, device), persistent=False)
-        for name, column, dtype in [("_feature_offset", 0, torch.int64), ("_feature_rows", 1, torch.int64),
-                                    ("_feature_fold", 2, torch.bool), ("_feature_mean", 3, torch.bool)]:
-            values = [f[column] for f in per_feature]
-            self.register_buffer(name, torch.tensor(values, dtype=dtype, device=device), persistent=False)
         self.reset_parameters()
 
-    # --- ids -------------------------------------------------------------------------------------
+    @property
+    def layout(self) -> FusedLayout:
+        return self.quantized_layout
 
-    def _global_rows(self, ids: torch.Tensor, feature_of_id: torch.Tensor) -> torch.Tensor:
-        """Rows of the fused buffers for ids of the pooled features `feature_of_id`: folded where the
-        table folds; an id outside its table is an IndexError (checked where the ids are on the host)."""
-        limit, fold = self._feature_rows[feature_of_id], self._feature_fold[feature_of_id]
-        ids = torch.where(fold, torch.remainder(ids, limit), ids)
-        if ids.device.type == "cpu":
-            bad = (ids < 0) | (ids >= limit)
-            if bool(bad.any()):
-                i = int(bad.nonzero()[0, 0])
-                feature = int(feature_of_id[i])
-                raise IndexError(f"id {int(ids[i])} of feature {self.feature_names[feature]} is outside its "
-                                 f"table's {int(self._feature_rows[feature])} rows")
-        return ids + self._feature_offset[feature_of_id]
-
-    def _rows(self, rows: torch.Tensor) -> torch.Tensor:
+    def lookup(self, rows: torch.Tensor) -> torch.Tensor:
         """float32 rows of the fused buffers: only these are read and dequantized."""
         return dequantize_rows(self.codes.index_select(0, rows), self.scale.index_select(0, rows),
                                self.bias.index_select(0, rows), self.bits)
-
-    # --- lookups -----------------------------------------------------------------------------
-
-    def forward(self, features: JaggedFeatures) -> torch.Tensor:
-        batch, num_features, device = features.batch_size, len(self.feature_names), self.codes.device
-        if num_features == 0:
-            return torch.zeros(batch, 0, self.dim, device=device, dtype=self.output_dtype)
-        features = features.select(self.feature_names)
-        lengths = features.lengths.to(device=device, dtype=torch.int64)
-        feature_of_value = torch.arange(num_features, device=device).repeat_interleave(batch).repeat_interleave(lengths)
-        rows = self._global_rows(features.values.to(device), feature_of_value)
-        with torch.no_grad():
-            gathered = self._rows(rows)
-            weights = None if features.weights is None else features.weights.to(device=device, dtype=torch.float32)
-            pooled = F.embedding_bag(torch.arange(rows.numel(), device=device), gathered, lengths.cumsum(0) - lengths,
-                                     mode="sum", per_sample_weights=weights)
-            mean = self._feature_mean.repeat_interleave(batch).unsqueeze(1)
-            pooled = torch.where(mean, pooled / lengths.clamp(min=1).unsqueeze(1), pooled)
-        return pooled.view(num_features, batch, self.dim).transpose(0, 1).to(self.output_dtype)
-
-    def sequences(self, features: JaggedFeatures, max_length: int) -> dict[str, SequenceEmbeddings]:
-        batch, device = features.batch_size, self.codes.device
-        per_key = features.lengths.view(len(features.keys), batch)
-        value_parts = torch.split(features.values, per_key.sum(1).tolist())
-        out = {}
-        for name, (row_offset, rows, fold) in self._sequence_table.items():
-            if name not in features.keys:
-                raise KeyError(f"batch lacks sequence feature {name!r}")
-            i = features.keys.index(name)
-            ids, lengths = value_parts[i].to(device), per_key[i].to(device=device, dtype=torch.int64)
-            kept = lengths.clamp(max=max_length)  # each sample's last max_length ids
-            sample = torch.arange(batch, device=device).repeat_interleave(lengths)
-            starts = torch.cumsum(lengths, 0) - lengths + (lengths - kept)
-            position = torch.arange(ids.numel(), device=device) - starts[sample]
-            keep = position >= 0
-            ids, sample, position = ids[keep], sample[keep], position[keep]
-            if fold:
-                ids = torch.remainder(ids, rows)
-            elif ids.device.type == "cpu" and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= rows):
-                bad = ids[(ids < 0) | (ids >= rows)][0]
-                raise IndexError(f"id {int(bad)} of sequence feature {name} is outside its table's {rows} rows")
-            with torch.no_grad():
-                looked_up = self._rows(ids + row_offset)
-            width = max(int(kept.max()) if batch else 0, 1)
-            padded = looked_up.new_zeros(batch * width, self.dim).index_copy(0, sample * width + position, looked_up)
-            out[name] = SequenceEmbeddings(padded.view(batch, width, self.dim).to(self.output_dtype), kept)
-        return out
-
-    # --- no training -------------------------------------------------------------------------
-
-    def apply_gradients(self, lr: float) -> None:
-        raise RuntimeError(f"{self.kind} embedding tables are for inference (export or serve): train with embeddings "
-                           f"kind dense or tiered, then load the checkpoint into {self.kind}")
-
-    def discard_gradients(self) -> None:
-        pass  # no lookup is recorded
 
     # --- logical state: dequantized rows, the optimizer state as loaded ------------------------
 
@@ -306,9 +219,7 @@ class QuantizedEmbeddingCollection(EmbeddingCollection):
         return torch.float32
 
     def _span(self, name: str) -> slice:
-        if name not in self._span_of:
-            raise KeyError(f"{type(self).__name__} has no table {name!r}")
-        return self._span_of[name]
+        return self.layout.span(name, type(self).__name__)
 
     def table_state(self, name: str) -> TableState:
         span = self._span(name)
@@ -335,7 +246,7 @@ class QuantizedEmbeddingCollection(EmbeddingCollection):
 
     def read_rows(self, name: str, rows: torch.Tensor) -> TableState:
         index = rows.to(self.codes.device) + self._span(name).start
-        return TableState(self._rows(index), self.optimizer_state.index_select(0, index))
+        return TableState(self.lookup(index), self.optimizer_state.index_select(0, index))
 
     @torch.no_grad()
     def write_rows(self, name: str, rows: torch.Tensor, state: TableState) -> None:
@@ -369,21 +280,6 @@ class QuantizedEmbeddingCollection(EmbeddingCollection):
 
     def place(self, device: torch.device | str) -> None:
         self.move_tensors(device)
-
-    @property
-    def ids_device(self) -> torch.device:
-        return self.codes.device
-
-    def _apply(self, fn, recurse=True):
-        """A model's dtype conversion sets the output's dtype; the codes, scales and biases keep
-        theirs and stay where `place` put them; what changes neither (share_memory) applies to them."""
-        self.output_dtype = fn(torch.zeros(0, dtype=self.output_dtype)).dtype
-
-        def in_place(t: torch.Tensor) -> torch.Tensor:
-            probe = fn(t.new_empty(0))
-            return fn(t) if (probe.device, probe.dtype) == (t.device, t.dtype) else t
-
-        return nn.Module._apply(self, in_place, recurse)
 
 
 @register("int8")

@@ -118,6 +118,9 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
         self._local_of = {t.name: i for i, ts in enumerate(local_tables.values()) for t in ts}
         self.replicas = (self.adopt(DenseEmbeddingCollection(replica_tables, self.optimizer, device, dtype))
                          if replica_tables else None)
+        self._split_means = any(b.sharding == ROW_WISE and self.table(b.table).pooling == "mean"
+                                for bs in self._blocks for b in bs)
+        """A mean-pooled table split by rows: its pooled blocks carry per-id weights."""
         self._init_shards()
 
     # --- sizes and state -----------------------------------------------------------------------
@@ -131,7 +134,7 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
         return None  # ids are routed on the host
 
     def _owner(self, name: str) -> DenseEmbeddingCollection | None:
-        if self.replicas is not None and name in self.replicas._offset_of:
+        if self.replicas is not None and name in self.replicas.layout.spans:
             return self.replicas
         return self.local[self._local_of[name]] if name in self._local_of else None
 
@@ -291,8 +294,7 @@ class ShardedEmbeddingCollection(EmbeddingCollection):
     def _weighted(self, blocks: list[list[_Block]], weights: dict) -> bool:
         """Per-id weights travel when some bag is weighted: a batch with weights, or a mean-pooled table
         split by rows (its bags are split, so no owner knows their whole length)."""
-        return bool(weights) or any(b.sharding == ROW_WISE and self.table(b.table).pooling == "mean"
-                                    for bs in blocks for b in bs)
+        return bool(weights) or (blocks is self._blocks and self._split_means)
 
     def _route(self, b: _Block, parts: dict, weights: dict) -> _Routed:
         """Block b's share of this rank's batch: shard-local ids, bag lengths, per-id weights."""

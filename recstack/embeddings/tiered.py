@@ -43,6 +43,7 @@ from recstack.data.batch import JaggedFeatures
 from recstack.data.hotcold import HotCold
 from recstack.embeddings.base import EmbeddingCollection, SparseOptimizerConfig, TableConfig, TableState
 from recstack.embeddings.dense import DenseEmbeddingCollection
+from recstack.embeddings.layout import FusedLayout
 from recstack.embeddings.optim import update_rows
 from recstack.embeddings.plan import Placement, build_collection, register
 from recstack.errors import ConfigError
@@ -185,24 +186,16 @@ class TieredEmbeddingCollection(EmbeddingCollection):
             state_dtype = full.table_state(full.tables[0].name).optimizer_state.dtype
             self.hot = self.adopt(_HotTables([t for t, _ in tiered], counts, full.optimizer, self.hot_device,
                                              full.dtype, state_dtype))
-        # logical rows: the tables' rows end to end, in table order. Hot slot h <-> logical row
-        # _hot_full_rows[h]; _remap: logical row -> index inside its hot table, or -1
-        row_offset = dict(zip([t.name for t in full.tables], np.cumsum([0] + [t.num_embeddings for t in full.tables])))
-        full_rows = [row_offset[t.name] + rows for t, rows in tiered]
+        # logical rows: the full tables' rows end to end (their fused layout). Hot slot h <-> logical
+        # row _hot_full_rows[h]; _remap: logical row -> index inside its hot table, or -1
+        self._layout = FusedLayout(full.tables)
+        full_rows = [self._layout.spans[t.name].start + rows for t, rows in tiered]
         self._hot_full_rows = torch.from_numpy(np.concatenate(full_rows) if full_rows else np.zeros(0, np.int64))
-        self._remap = torch.full((sum(t.num_embeddings for t in full.tables),), -1, dtype=torch.int32)
+        self._remap = torch.full((self._layout.total_rows,), -1, dtype=torch.int32)
         local = [torch.arange(n, dtype=torch.int32) for n in counts]
         self._remap[self._hot_full_rows] = torch.cat(local) if local else torch.zeros(0, dtype=torch.int32)
-        feature_rows, feature_offset, feature_tiered = [], [], []
-        for t in full.tables:
-            for _ in t.feature_names:
-                feature_rows.append(t.num_embeddings if t.fold else 0)
-                feature_offset.append(int(row_offset[t.name]))
-                feature_tiered.append(t.name not in self.untiered)
-        self._feature_rows = torch.tensor(feature_rows, dtype=torch.int64)
-        self._feature_offset = torch.tensor(feature_offset, dtype=torch.int64)
-        self._feature_tiered = torch.tensor(feature_tiered, dtype=torch.bool)
-        self._any_fold = any(t.fold for t in full.tables)
+        self._feature_tiered = torch.tensor([t.name not in self.untiered for t in full.tables for _ in t.feature_names],
+                                            dtype=torch.bool)
         # hot mode with untiered features: the hot tier's features, then the full tier's, put back in order
         self._rest_features = [f for t in full.tables if t.name in self.untiered for f in t.feature_names]
         self._rest_index = torch.tensor([self.feature_names.index(f) for f in self._rest_features], dtype=torch.int64)
@@ -380,12 +373,10 @@ class TieredEmbeddingCollection(EmbeddingCollection):
         per_feature = features.lengths.view(num_features, batch).sum(1).cpu()
         feature_of_value = torch.repeat_interleave(torch.arange(num_features), per_feature)
         values = features.values.cpu()
-        if self._any_fold:
-            rows = self._feature_rows[feature_of_value]
-            values = torch.where(rows > 0, torch.remainder(values, rows.clamp(min=1)), values)
+        logical = self._layout.global_rows(values, feature_of_value)  # folded, range-checked
         tiered = self._feature_tiered[feature_of_value]
-        logical = torch.where(tiered, values + self._feature_offset[feature_of_value], 0)
-        local = torch.where(tiered, self._remap[logical].long(), features.values.cpu())
+        logical = torch.where(tiered, logical, 0)
+        local = torch.where(tiered, self._remap[logical].long(), values)
         missing = tiered & (self._remap[logical] < 0)
         if bool(missing.any()):
             first = int(missing.nonzero()[0, 0])

@@ -107,30 +107,27 @@ class ScoringModel:
         hash_buckets = self.schema.info.get("hash_buckets")
         if not hash_buckets and set(self.vocab) != set(CAT_NAMES):
             raise CheckpointError(f"{self.path} carries no vocabulary for raw Criteo input")
-        if not hash_buckets and self._vocab_index is None:
-            from recstack.data.vocab import VocabIndex
-
-            self._vocab_index = {k: VocabIndex(v) for k, v in self.vocab.items()}
+        vocabs = self._vocabs(hash_buckets)
         # predicting (has_label None) reads a label column if there is one but never judges it
         for chunk in iter_criteo_chunks([path], chunk_bytes=4 << 20, has_label=has_label,
                                         check_label=has_label is not None):
             batches = []
             if chunk.num_kept:
-                ids = encode_chunk(chunk, vocabs=None if hash_buckets else self._vocab_index,
-                                   hash_buckets=hash_buckets or None)
+                ids = encode_chunk(chunk, vocabs=vocabs, hash_buckets=hash_buckets or None)
                 labels = chunk.labels if chunk.labels is not None else np.zeros(chunk.num_kept, np.float32)
-                for a in range(0, chunk.num_kept, batch_size):
-                    b = min(a + batch_size, chunk.num_kept)
-                    sparse = JaggedFeatures(
-                        keys=CAT_NAMES,
-                        values=torch.from_numpy(np.concatenate([ids[k][a:b] for k in CAT_NAMES]).astype(np.int64)),
-                        lengths=torch.ones((b - a) * len(CAT_NAMES), dtype=torch.int32),
-                        batch_size=b - a,
-                    )
-                    dense = torch.from_numpy(np.ascontiguousarray(chunk.dense[a:b]))
-                    batches.append(Batch(dense, sparse, torch.from_numpy(np.ascontiguousarray(labels[a:b]))))
+                batches = _one_hot_batches(ids, CAT_NAMES, chunk.dense, labels, chunk.num_kept, batch_size)
             yield chunk, batches
 
+
+    def _vocabs(self, hash_buckets: Any) -> dict[str, Any] | None:
+        """The vocabularies' lookup indexes, built once (None when the model hashes)."""
+        if hash_buckets:
+            return None
+        if self._vocab_index is None:
+            from recstack.data.vocab import VocabIndex
+
+            self._vocab_index = {k: VocabIndex(v) for k, v in self.vocab.items()}
+        return self._vocab_index
 
     def _table_batches(self, spec, path: str | Path, has_label: bool | None,
                        batch_size: int) -> Iterator[tuple[Any, list[Batch]]]:
@@ -141,10 +138,7 @@ class ScoringModel:
         hash_buckets = self.schema.info.get("hash_buckets") or None
         if not hash_buckets and set(self.vocab) != set(spec.feature_names):
             raise CheckpointError(f"{self.path} carries no vocabulary for its table's features")
-        if not hash_buckets and self._vocab_index is None:
-            from recstack.data.vocab import VocabIndex
-
-            self._vocab_index = {k: VocabIndex(v) for k, v in self.vocab.items()}
+        vocabs = self._vocabs(hash_buckets)
         with_labels = has_label is True
         if not with_labels and spec.header:
             spec = replace(spec, labels=[])  # predicting: a label column may be there or not, and is not read
@@ -155,23 +149,30 @@ class ScoringModel:
             records += chunk.num_lines
             batches = []
             if chunk.num_kept:
-                ids = encode_parsed(parsed, spec, vocabs=None if hash_buckets else self._vocab_index,
-                                    hash_buckets=hash_buckets)
+                ids = encode_parsed(parsed, spec, vocabs=vocabs, hash_buckets=hash_buckets)
                 labels = (parsed.labels if parsed.labels is not None
                           else np.zeros((chunk.num_kept, tasks), np.float32))
                 labels = labels[:, 0] if tasks == 1 else labels
-                names = self.schema.sparse_names
-                for a in range(0, chunk.num_kept, batch_size):
-                    b = min(a + batch_size, chunk.num_kept)
-                    sparse = JaggedFeatures(
-                        keys=names,
-                        values=torch.from_numpy(np.concatenate([ids[k][a:b] for k in names]).astype(np.int64)),
-                        lengths=torch.ones((b - a) * len(names), dtype=torch.int32),
-                        batch_size=b - a,
-                    )
-                    dense = torch.from_numpy(np.ascontiguousarray(parsed.dense[a:b]))
-                    batches.append(Batch(dense, sparse, torch.from_numpy(np.ascontiguousarray(labels[a:b]))))
+                batches = _one_hot_batches(ids, self.schema.sparse_names, parsed.dense, labels, chunk.num_kept,
+                                           batch_size)
             yield chunk, batches
+
+
+def _one_hot_batches(ids: dict[str, np.ndarray], names: list[str], dense: np.ndarray, labels: np.ndarray, rows: int,
+                     batch_size: int) -> list[Batch]:
+    """Batches of `rows` encoded records, one id per feature and record."""
+    batches = []
+    for a in range(0, rows, batch_size):
+        b = min(a + batch_size, rows)
+        sparse = JaggedFeatures(
+            keys=names,
+            values=torch.from_numpy(np.concatenate([ids[k][a:b] for k in names]).astype(np.int64)),
+            lengths=torch.ones((b - a) * len(names), dtype=torch.int32),
+            batch_size=b - a,
+        )
+        dense_part = torch.from_numpy(np.ascontiguousarray(dense[a:b]))
+        batches.append(Batch(dense_part, sparse, torch.from_numpy(np.ascontiguousarray(labels[a:b]))))
+    return batches
 
 
 class _TableChunk:

@@ -39,7 +39,8 @@ class TrainStep:
         """`loss`: loss(logits, labels); None uses the model's own `training_loss` (a model with
         extra terms, such as DIEN's auxiliary loss, defines it)."""
         self.model, self.optimizer, self.device, self.loss = model, optimizer, torch.device(device), loss
-        wanted = {c.ids_device for c in embedding_collections(model)} - {None}
+        self.collections = embedding_collections(model)
+        wanted = {c.ids_device for c in self.collections} - {None}
         self.ids_device = wanted.pop() if len(wanted) == 1 else None
         self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         self.objective: nn.Module = _Objective(model, loss)
@@ -70,7 +71,7 @@ class TrainStep:
             loss.backward()
         with record_function(OPTIMIZER):
             self.optimizer.step()
-            for collection in embedding_collections(self.model):
+            for collection in self.collections:
                 collection.apply_gradients(sparse_lr)
         return loss.detach()
 
