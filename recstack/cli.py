@@ -80,23 +80,8 @@ def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def _check_out(inputs: Any, out: str, overwrite: bool) -> None:
-    """Refuse to prepare into a directory that already holds something, unless --overwrite (after
-    the inputs are found: a missing input is the first thing to say)."""
-    from pathlib import Path
-
-    from recstack.data.prepare import check_inputs
-    from recstack.errors import DataError
-
-    check_inputs(inputs)
-    path = Path(out)
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        what = "a dataset" if (path / "schema.json").exists() else "files"
-        raise DataError(f"--out {out} already holds {what}; give --overwrite to replace it, or another --out")
-
-
 def cmd_prepare_criteo(args: argparse.Namespace, extra: list[str]) -> int:
-    from recstack.data.prepare import prepare_criteo
+    from recstack.data.prepare import check_inputs, check_out, prepare_criteo
     from recstack.data.report import finish_data_command, report_on_data_error
 
     _no_extra(extra)
@@ -104,7 +89,8 @@ def cmd_prepare_criteo(args: argparse.Namespace, extra: list[str]) -> int:
     if args.vocab_min_count is not None:
         kwargs["vocab_min_count"] = args.vocab_min_count
     with report_on_data_error("data prepare criteo", args.report):
-        _check_out(args.input, args.out, args.overwrite)
+        check_inputs(args.input)
+        check_out(args.out, args.overwrite)
         report = prepare_criteo(
             args.input,
             args.out,
@@ -120,12 +106,14 @@ def cmd_prepare_criteo(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_prepare_table(args: argparse.Namespace, extra: list[str]) -> int:
+    from recstack.data.prepare import check_inputs, check_out
     from recstack.data.report import finish_data_command, report_on_data_error
     from recstack.data.table import prepare_table
 
     _no_extra(extra)
     with report_on_data_error("data prepare table", args.report):
-        _check_out(args.input, args.out, args.overwrite)
+        check_inputs(args.input)
+        check_out(args.out, args.overwrite)
         report = prepare_table(
             args.input, args.schema, args.out, strict=args.strict, split_tail=args.split_tail,
             split_random=args.split_random, split_key=args.split_key, seed=args.seed, show_progress=not args.quiet,
@@ -193,6 +181,7 @@ def _no_extra(extra: list[str]) -> None:
 # defines `add_arguments(parser)` and `run(args, extra) -> int`, and imports its heavy parts in `run`.
 PLUGGED: list[tuple[tuple[str, ...], str, str, str]] = [
     (("data", "prepare"), "movielens", "recstack.data.movielens", "MovieLens ratings (ml-100k, ml-1m): leave-one-out with sampled negatives"),
+    (("data", "prepare"), "implicit", "recstack.data.implicit", "implicit-feedback lists (user item item ...: train.txt, test.txt): sampled and full ranking"),
     (("data", "prepare"), "amazon", "recstack.data.amazon", "Amazon Electronics in the DIN format: behaviour histories, categories"),
     (("data", "prepare"), "taobao", "recstack.data.taobao", "Taobao UserBehavior: click sequences with sampled negatives"),
     ((), "models", "recstack.analyze.zoo_report", "the model zoo: parameters, bytes, FLOPs per sample, class"),

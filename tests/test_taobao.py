@@ -152,3 +152,28 @@ def test_a_history_cap_beyond_every_sequence_is_no_cap(tmp_path):
     capped = prepare_taobao(raw, tmp_path / "b", max_history=50, seed=1, show_progress=False)
     assert uncapped["rows_written"] == capped["rows_written"]
     assert decoded(Dataset(tmp_path / "a")) == decoded(Dataset(tmp_path / "b"))
+
+
+def test_the_server_maps_raw_ids_as_the_file_wrote_them(tmp_path):
+    """Raw user, item and category ids of the file, histories included (they read the target's table
+    and so its vocabulary), become the ids prepare wrote: not hashes of their text, nor the OOV id."""
+    from recstack.serve.api import RankRequest, RequestEncoder, RequestError
+
+    raw = tmp_path / "ub.csv"
+    raw.write_text("\n".join(LINES) + "\n")
+    prepare_taobao(raw, tmp_path / "out", max_history=2, negatives=2, show_progress=False)
+    ds = Dataset(tmp_path / "out")
+    encoder = RequestEncoder(ds.schema, {name: ds.vocab(name) for name in ds.schema.vocab})
+    row = decoded(ds)[3]
+    a, b = ds.offsets["hist_item"][3:5]
+    body = {"shared": {"user": 1, "hist_item": [str(i) for i in row["hist"]], "hist_cate": row["hist_cate"]},
+            "candidates": {"target_item": [row["item"], "999"], "target_cate": [str(row["cate"]), None]}}
+    sparse = encoder.encode(RankRequest(**body)).sparse.to_dict()
+    # shared: the history repeats for each of the two candidates
+    assert sparse["hist_item"][0].tolist() == ds.values["hist_item"][a:b].tolist() * 2
+    assert sparse["hist_cate"][0].tolist() == ds.values["hist_cate"][a:b].tolist() * 2
+    assert sparse["target_item"][0].tolist() == [int(ds.values["target_item"][3, 0]), 0]  # unseen: OOV
+    assert sparse["target_cate"][0].tolist() == [int(ds.values["target_cate"][3, 0]), 1]  # null: missing
+    assert sparse["user"][0].tolist() == [int(ds.values["user"][3, 0])] * 2
+    with pytest.raises(RequestError, match="not an id of the source file"):
+        encoder.encode(RankRequest(**{**body, "shared": {**body["shared"], "user": "u1"}}))

@@ -457,6 +457,7 @@ def prepare_amazon(
     }
     info = {
         "source": {"format": "amazon-din", "files": [str(f) for f in files]},
+        "raw_keys": "integer",  # the server maps a raw id through the vocabulary as this integer
         "preprocessing": (
             "DIN-format Amazon Electronics; items keep their ids, categories joined from cate_list (line i = "
             f"item i); users: vocabulary over the train split, users with < {user_min_count} train rows -> OOV id 0; "
@@ -495,8 +496,10 @@ def _doubled(test: ParsedLines) -> BehaviourRows:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from recstack.data.report import add_out_arguments
+
     parser.add_argument("--input", required=True, metavar="DIR", help="directory with train_set*.csv, test_set*.csv, cate_list.csv")
-    parser.add_argument("--out", required=True, metavar="DIR")
+    add_out_arguments(parser)
     parser.add_argument("--user-min-count", type=argtypes.positive_int, default=DEFAULT_USER_MIN_COUNT, metavar="N",
                         help=f"users with fewer train rows share the OOV id (default {DEFAULT_USER_MIN_COUNT})")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad line")

@@ -211,18 +211,20 @@ def sample_unrated(rng: np.random.Generator, users: np.ndarray, rated: RatedPair
 def sample_distinct_unrated(rng: np.random.Generator, users: np.ndarray, count: int, rated: RatedPairs) -> np.ndarray:
     """[len(users), count] items, distinct within a row, that the row's user never rated (each user
     must have at least `count`): redraw rated hits and repeats (all but a value's first slot) until
-    none is left."""
+    none is left, checking again only the rows that had one."""
     items = rng.integers(0, rated.num_items, size=(users.size, count))
-    row_users = np.broadcast_to(users[:, None], items.shape)
-    while True:
-        order = np.argsort(items, axis=1, kind="stable")
-        ranked = np.take_along_axis(items, order, axis=1)
-        repeat = np.zeros(items.shape, dtype=bool)
+    rows = np.arange(users.size)
+    while rows.size:
+        sub = items[rows]
+        order = np.argsort(sub, axis=1, kind="stable")
+        ranked = np.take_along_axis(sub, order, axis=1)
+        repeat = np.zeros(sub.shape, dtype=bool)
         np.put_along_axis(repeat, order[:, 1:], ranked[:, 1:] == ranked[:, :-1], axis=1)
-        redo = repeat | rated.contains(row_users, items)
-        if not redo.any():
-            return items
-        items[redo] = rng.integers(0, rated.num_items, size=int(redo.sum()))
+        redo = repeat | rated.contains(np.broadcast_to(users[rows, None], sub.shape), sub)
+        sub[redo] = rng.integers(0, rated.num_items, size=int(redo.sum()))
+        items[rows] = sub
+        rows = rows[redo.any(axis=1)]
+    return items
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,20 +273,24 @@ def read_ratings(path: Path, data: bytes, log) -> Ratings:
 
 
 @dataclass
-class LeaveOneOut:
-    """The protocol's parts in 0-based user and item ids."""
+class ImplicitSplit:
+    """An implicit-feedback protocol's parts in 0-based user and item ids: training positives, and test
+    groups of one positive among sampled negatives."""
 
     num_users: int
     num_items: int
-    rated: RatedPairs
+    train_rated: RatedPairs
+    """What training negatives avoid."""
     train_user: np.ndarray
     train_item: np.ndarray
+    candidate_user: np.ndarray
+    """[groups]: the user of each test group."""
     candidates: np.ndarray
-    """[num_users, 1 + test_negatives]: row u holds user u's held-out item, then its test negatives."""
+    """[groups, 1 + test_negatives]: a group's test positive, then its test negatives."""
 
 
 def split_leave_one_out(user: np.ndarray, item: np.ndarray, ratings: Ratings, test_negatives: int,
-                        rng: np.random.Generator) -> LeaveOneOut:
+                        rng: np.random.Generator) -> ImplicitSplit:
     """Hold out each user's latest rating and draw its test negatives (users and items 0-based, dense)."""
     num_users, num_items = int(user.max()) + 1, int(item.max()) + 1
     rated = RatedPairs(user, item, num_items)
@@ -299,8 +305,8 @@ def split_leave_one_out(user: np.ndarray, item: np.ndarray, ratings: Ratings, te
     test_item = np.empty(num_users, dtype=np.int64)
     test_item[user[held_out]] = item[held_out]  # one per user
     negatives = sample_distinct_unrated(rng, np.arange(num_users), test_negatives, rated)
-    return LeaveOneOut(num_users, num_items, rated, user[~held_out], item[~held_out],
-                       np.concatenate([test_item[:, None], negatives], axis=1))
+    return ImplicitSplit(num_users, num_items, rated, user[~held_out], item[~held_out], np.arange(num_users),
+                         np.concatenate([test_item[:, None], negatives], axis=1))
 
 
 def prepare_movielens(
@@ -323,10 +329,7 @@ def prepare_movielens(
     from recstack.data.prepare import RejectLog
     from recstack.progress import say
 
-    for name, value, least in (("negatives", negatives, 1), ("rounds", rounds, 1),
-                               ("test_negatives", test_negatives, 1), ("seed", seed, 0)):
-        if value < least:
-            raise DataError(f"--{name.replace('_', '-')} must be >= {least}, got {value}")
+    check_sampling(negatives=negatives, rounds=rounds, test_negatives=test_negatives, seed=seed)
     started = time.perf_counter()
     path = find_ratings_file(input_path)
     data = path.read_bytes()
@@ -357,7 +360,7 @@ def prepare_movielens(
         raise
     rng = np.random.default_rng([seed, 1])  # the training negatives' own stream
     itempop = item_pop_metrics(split.train_item, split.candidates, split.num_items)
-    writer, splits = _write_rows(Path(out), split, raw_users, raw_items, negatives, rounds, rng)
+    writer, splits = write_implicit_rows(Path(out), split, raw_users, raw_items, negatives, rounds, rng)
     seconds = time.perf_counter() - started
     report.update({
         "bytes_read": len(data),
@@ -384,6 +387,14 @@ def prepare_movielens(
     return report
 
 
+def check_sampling(**options: int) -> None:
+    """The sampling options in range (the command line checks them too; this is for callers of the API)."""
+    for name, value in options.items():
+        least = 0 if name == "seed" else 1
+        if value < least:
+            raise DataError(f"--{name.replace('_', '-')} must be >= {least}, got {value}")
+
+
 def _check_output_size(num_ratings: int, num_users: int, num_items: int, negatives: int, rounds: int,
                        test_negatives: int) -> None:
     """Refuse, before sampling, options whose rows would not fit (see prepare.MAX_OUTPUT_ROWS)."""
@@ -397,8 +408,8 @@ def _check_output_size(num_ratings: int, num_users: int, num_items: int, negativ
                       "--negatives, --rounds or --test-negatives")
 
 
-def _write_rows(out: Path, split: LeaveOneOut, raw_users: np.ndarray, raw_items: np.ndarray, negatives: int,
-                rounds: int, rng: np.random.Generator):
+def write_implicit_rows(out: Path, split: ImplicitSplit, raw_users: np.ndarray, raw_items: np.ndarray,
+                        negatives: int, rounds: int, rng: np.random.Generator):
     """Rows: `rounds` x (the training positives, then their fresh negatives), then the test groups.
     Returns (the DatasetWriter, still to `finish`, and the splits)."""
     from recstack.data.store import FIRST_VOCAB_ID, DatasetWriter, SparseFeature
@@ -415,12 +426,12 @@ def _write_rows(out: Path, split: LeaveOneOut, raw_users: np.ndarray, raw_items:
     labels = np.concatenate([np.ones(split.train_user.size, np.float32), np.zeros(negative_users.size, np.float32)])
     for _ in range(rounds):
         append(np.concatenate([split.train_user, negative_users]),
-               np.concatenate([split.train_item, sample_unrated(rng, negative_users, split.rated)]), labels)
+               np.concatenate([split.train_item, sample_unrated(rng, negative_users, split.train_rated)]), labels)
     num_train = writer.num_rows
     group = split.candidates.shape[1]
-    test_labels = np.zeros((split.num_users, group), np.float32)
+    test_labels = np.zeros(split.candidates.shape, np.float32)
     test_labels[:, 0] = 1.0
-    append(np.repeat(np.arange(split.num_users), group), split.candidates.reshape(-1), test_labels.reshape(-1))
+    append(np.repeat(split.candidate_user, group), split.candidates.reshape(-1), test_labels.reshape(-1))
     writer.write_vocab(USER, raw_users.astype(np.uint64))
     writer.write_vocab(ITEM, raw_items.astype(np.uint64))
     return writer, {"train": [0, num_train], "test": [num_train, writer.num_rows]}
@@ -432,6 +443,7 @@ def _info(report: dict[str, Any], double_colon: bool) -> dict[str, Any]:
     fmt = "movielens-ratings-dat (::, as ml-1m)" if double_colon else "movielens-u-data (tab, as ml-100k)"
     return {
         "source": {"format": fmt, "files": report["files"], "bytes_read": report["bytes_read"]},
+        "raw_keys": "integer",  # the server maps a raw id through the vocabulary as this integer
         "preprocessing": (
             "implicit feedback, leave-one-out (NCF): every rating is a positive; each user's latest rating "
             "(ties: the later line) is the test positive, followed by test_negatives distinct unrated items; "
@@ -451,14 +463,21 @@ def _info(report: dict[str, Any], double_colon: bool) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from recstack.data.report import add_out_arguments
+
     parser.add_argument("--input", required=True, metavar="DIR", help="an ml-100k or ml-1m folder (or its u.data / ratings.dat)")
-    parser.add_argument("--out", required=True, metavar="DIR")
+    add_out_arguments(parser)
+    add_sampling_arguments(parser, DEFAULT_ROUNDS, "one pass = R NCF epochs", "held-out item")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, rounds: int, rounds_meaning: str, test_item: str) -> None:
+    """The negative-sampling options of the implicit-feedback converters, and --strict/--report/--quiet."""
     parser.add_argument("--negatives", type=argtypes.positive_int, default=4, metavar="K",
                         help="sampled negatives per training positive (default 4)")
-    parser.add_argument("--rounds", type=argtypes.positive_int, default=DEFAULT_ROUNDS, metavar="R",
-                        help=f"copies of the positives, each with fresh negatives: one pass = R NCF epochs (default {DEFAULT_ROUNDS})")
+    parser.add_argument("--rounds", type=argtypes.positive_int, default=rounds, metavar="R",
+                        help=f"copies of the positives, each with fresh negatives: {rounds_meaning} (default {rounds})")
     parser.add_argument("--test-negatives", type=argtypes.positive_int, default=99, metavar="N",
-                        help="sampled negatives ranked against each held-out item (default 99)")
+                        help=f"sampled negatives ranked against each {test_item} (default 99)")
     parser.add_argument("--seed", type=argtypes.seed, default=0, help="seed of the negative sampling (default 0)")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad line")
     parser.add_argument("--report", metavar="FILE", help="write the JSON report here")

@@ -341,6 +341,15 @@ def check_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Path]:
     return paths
 
 
+def check_out(out: str | Path, overwrite: bool) -> None:
+    """Refuse to prepare into a directory that already holds something, unless `overwrite` (callers
+    check their inputs first: a missing input is the first thing to say)."""
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        what = "a dataset" if (out / SCHEMA_FILE).exists() else "files"
+        raise DataError(f"--out {out} already holds {what}; give --overwrite to replace it, or another --out")
+
+
 def _unpublish(out: Path) -> bool:
     """Remove the schema of any dataset already at `out`, so a failed run never leaves one that looks
     complete. Returns whether `out` existed."""

@@ -30,10 +30,20 @@ def run_converter(command: str, args: argparse.Namespace, extra: list[str], conv
     """The CLI frame of a converter: no stray arguments, the report written even on failure."""
     if extra:
         raise ConfigError(f"unexpected arguments: {' '.join(extra)}")
+    from recstack.data.prepare import check_out
+
     with report_on_data_error(command, args.report):
+        if Path(args.input).exists():  # else the converter names the missing input
+            check_out(args.out, args.overwrite)
         report = convert()
     finish_data_command(command, report, args.report)
     return 0
+
+
+def add_out_arguments(parser: argparse.ArgumentParser) -> None:
+    """--out DIR and --overwrite, as every converter takes them (run_converter checks them)."""
+    parser.add_argument("--out", required=True, metavar="DIR")
+    parser.add_argument("--overwrite", action="store_true", help="replace what --out already holds")
 
 
 def finish_data_command(command: str, data_report: dict[str, Any], report_path: str | Path | None) -> dict[str, Any]:

@@ -63,6 +63,23 @@ class SparseFeature:
         return self.table or self.name
 
 
+RAW_KEYS = ("hex", "integer", "text")
+"""How a raw categorical value becomes its vocabulary key (a schema's `info.raw_keys`): `hex`, the
+Criteo TSV's hex keys; `integer`, files of integer ids (MovieLens, implicit lists, Amazon, Taobao),
+the id itself; `text`, a table's values, the 64-bit hash of their text."""
+
+
+def raw_key_kind(schema: Schema) -> str:
+    """The schema's RAW_KEYS kind (datasets prepared before `info.raw_keys` existed: by their format)."""
+    info = schema.info
+    if info.get("raw_keys") in RAW_KEYS:
+        return info["raw_keys"]
+    source = str((info.get("source") or {}).get("format", ""))
+    if source == "criteo-tsv":
+        return "hex"
+    return "integer" if source.startswith(("movielens", "implicit", "amazon", "taobao")) else "text"
+
+
 @dataclass
 class Schema:
     num_rows: int

@@ -150,6 +150,7 @@ def prepare_taobao(
                "targets": {"train": int(train.size), "test": int(is_test.sum())}}
     info = {
         "source": {"format": "taobao-user-behavior", "files": [str(path)]},
+        "raw_keys": "integer",  # the server maps a raw id through the vocabulary as this integer
         "preprocessing": (
             f"per-user click ({CLICK}) sequences in time order; every click after the first is a positive with "
             f"the user's earlier clicks (last {max_history}) as history, plus {negatives} uniform negative(s) "
@@ -182,8 +183,10 @@ def _items_with_several_categories(item_rank: np.ndarray, cates: np.ndarray) -> 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from recstack.data.report import add_out_arguments
+
     parser.add_argument("--input", required=True, metavar="FILE", help="UserBehavior CSV: user,item,category,behavior,time")
-    parser.add_argument("--out", required=True, metavar="DIR")
+    add_out_arguments(parser)
     parser.add_argument("--max-history", type=argtypes.positive_int, default=DEFAULT_MAX_HISTORY, metavar="N",
                         help=f"keep each target's last N earlier clicks (default {DEFAULT_MAX_HISTORY})")
     parser.add_argument("--negatives", type=argtypes.positive_int, default=DEFAULT_NEGATIVES, metavar="K",

@@ -15,9 +15,11 @@ import torch
 from torch import nn
 
 from recstack.data.batch import Batch
+from recstack.data.implicit import load_full_ranking
 from recstack.data.loader import BatchLoader
 from recstack.data.store import Dataset
 from recstack.errors import ConfigError
+from recstack.scoring.full_ranking import full_ranking_metrics
 from recstack.scoring.metrics import MetricAccumulator, hit_rate_at_k, ndcg_at_k
 
 
@@ -43,7 +45,8 @@ def evaluate_rows(
     world_size: int = 1,
 ) -> dict[str, Any]:
     """AUC, log loss, NE and accuracy (per task for multi-task models) of the model on rows [a, b);
-    HR@10 and NDCG@10 on a ranking split. With world_size > 1, torch.distributed must be set up:
+    HR@10 and NDCG@10 on a ranking split, and Recall@K and NDCG@K over all items where the dataset
+    declares a full ranking of these rows. With world_size > 1, torch.distributed must be set up:
     every rank calls this and gets the metrics of the whole range."""
     was_training = model.training
     model.eval()
@@ -72,6 +75,11 @@ def evaluate_rows(
         scores = probs[:, 0].reshape(-1, group)
         metrics.update(hr_at_10=hit_rate_at_k(scores, 0, 10), ndcg_at_10=ndcg_at_k(scores, 0, 10),
                        ranking_users=int(scores.shape[0]), ranking_candidates=group)
+    full = load_full_ranking(dataset)
+    if full is not None and list(dataset.split(dataset.schema.info["full_ranking"]["split"])) == list(rows):
+        metrics.update(full_ranking_metrics(model, full, [s.name for s in dataset.schema.sparse],
+                                            len(dataset.schema.label_names), batch_size, device, rank=rank,
+                                            world_size=world_size))
     return metrics
 
 

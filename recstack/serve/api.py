@@ -30,7 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, WithJsonSchema
 
 from recstack.data.batch import Batch, JaggedFeatures
-from recstack.data.store import Schema
+from recstack.data.store import Schema, raw_key_kind
 from recstack.errors import RecstackError
 
 _SCALAR = {"anyOf": [{"type": "number"}, {"type": "integer"}, {"type": "string"}]}
@@ -87,6 +87,7 @@ class RequestError(RecstackError):
 
 
 _HEX = re.compile(r"[0-9a-fA-F]{1,16}")
+_INTEGER = re.compile(r"[0-9]{1,18}")
 
 
 def _wrong_types(values: list[Any], *allowed: type) -> str:
@@ -117,6 +118,10 @@ def dense_transform_of(schema: Schema) -> str | None:
     return None
 
 
+_RAW_TEXT = {"hex": "hex keys as in the Criteo TSV", "integer": "the integer id as in the source file",
+             "text": "the value's text, as in the table file (hashed as at training time)"}
+
+
 class RequestEncoder:
     """JSON queries -> Batches for one model's schema and vocabularies."""
 
@@ -125,12 +130,16 @@ class RequestEncoder:
         self.max_candidates = max_candidates
         vocab = vocab or {}
         self.hash_buckets = schema.info.get("hash_buckets") if schema.info.get("mode") == "hash" else None
-        self.hex_keys = (schema.info.get("source") or {}).get("format") == "criteo-tsv"
+        self.raw_keys = raw_key_kind(schema)
+        self.hex_keys = self.raw_keys == "hex"
         self._vocab = {}
         if vocab:
             from recstack.data.vocab import VocabIndex
 
             self._vocab = {name: VocabIndex(values) for name, values in vocab.items()}
+            for f in schema.sparse:  # a behaviour history reads its target's table, and that table's vocabulary
+                if f.name not in self._vocab and f.table_name in self._vocab:
+                    self._vocab[f.name] = self._vocab[f.table_name]
         self.dense_transform = dense_transform_of(schema)
         self.kinds: dict[str, str] = {name: "dense" for name in schema.dense_names}
         for f in schema.sparse:
@@ -150,13 +159,12 @@ class RequestEncoder:
             feature = {"name": f.name, "kind": self.kinds[f.name], "num_embeddings": f.num_embeddings,
                        "bag_length": f.length, "sequence": f.sequence}
             if self.kinds[f.name] == "raw":
-                feature["expects"] = ("a raw value: " + ("hex key as in the Criteo TSV" if self.hex_keys else
-                                      "its text, as in the table file") + "; null or \"\" is missing (the missing id "
-                                      "1), an unseen value the OOV id 0")
+                feature["expects"] = ("a raw value: " + _RAW_TEXT[self.raw_keys] + "; null or \"\" is missing (the "
+                                      "missing id 1), an unseen value the OOV id 0")
             else:
                 feature["expects"] = f"an integer id in [0, {f.num_embeddings})"
             features.append(feature)
-        raw = "hex keys as in the Criteo TSV" if self.hex_keys else "the value's text (hashed as at training time)"
+        raw = _RAW_TEXT[self.raw_keys]
         return {"features": features, "tasks": list(self.schema.label_names), "raw_values": raw,
                 "dense_values": "raw (transformed by the server)" if self.dense_transform else "model input values",
                 "max_candidates": self.max_candidates}
@@ -297,6 +305,14 @@ class RequestEncoder:
                 if text and not _HEX.fullmatch(text):
                     raise RequestError(f"{where}.{name}: {text[:40]!r} is not a Criteo categorical value (1-16 hex digits)")
                 keys[i] = int(text, 16) if text else 0
+            raw, missing = keys[inverse.reshape(-1)], (distinct == "")[inverse.reshape(-1)]
+        elif self.raw_keys == "integer":
+            distinct, inverse = np.unique(np.asarray([v.strip() for v in values], dtype=str), return_inverse=True)
+            keys = np.zeros(len(distinct), dtype=np.uint64)
+            for i, text in enumerate(distinct.tolist()):
+                if text and not _INTEGER.fullmatch(text):
+                    raise RequestError(f"{where}.{name}: {text[:40]!r} is not an id of the source file (a non-negative integer)")
+                keys[i] = int(text) if text else 0
             raw, missing = keys[inverse.reshape(-1)], (distinct == "")[inverse.reshape(-1)]
         else:
             from recstack.data.table import hash_keys

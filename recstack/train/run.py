@@ -299,7 +299,11 @@ def print_summary(report: dict[str, Any]) -> None:
     for split, m in report["metrics_by_split"].items():
         if "hr_at_10" in m:
             console.print(f"{split} ranking: HR@10 {m['hr_at_10']:.4f}  NDCG@10 {m['ndcg_at_10']:.4f} "
-                          f"({m['ranking_users']:,} users x {m['ranking_candidates']} candidates)")
+                          f"({m['ranking_users']:,} groups of {m['ranking_candidates']} candidates)")
+        if "full_ranking_users" in m:
+            k = next(key for key in m if key.startswith("recall_at_")).removeprefix("recall_at_")
+            console.print(f"{split} full ranking: Recall@{k} {m['recall_at_' + k]:.4f}  NDCG@{k} {m['ndcg_at_' + k]:.4f} "
+                          f"({m['full_ranking_users']:,} users x {m['full_ranking_items']:,} items, trained items excluded)")
     t = report["throughput"]
     rate = f"{t['samples_per_s']:,.0f}" if t["samples_per_s"] else "n/a"
     console.print(f"{t['samples']:,} samples in {t['train_seconds']:.1f} s of training ({rate} samples/s)")
