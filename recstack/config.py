@@ -63,6 +63,9 @@ class ModelConfig:
     """Include each feature's dot product with itself."""
     dropout: float = 0.0
     """Dropout before each hidden layer of the top MLP."""
+    first_order: bool = False
+    """DLRM: add a first-order term to the logit (a learned weight per id and per dense feature, as
+    Wide & Deep's wide part and DeepFM's linear term), which the interaction alone lacks."""
     scale: float = 1.0
     """Multiplies every table's row count (ids fold by modulo when a table is smaller than its feature)."""
     # --- the other models of the zoo (each reads the keys that apply to it; see recstack models) ---
@@ -210,6 +213,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if origin is list:
         (item_type,) = args
         if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("[") and value.endswith("]"):  # YAML's flow list, as the config files write it
+                value = value[1:-1]
             value = split_int_list(value, key) if item_type is int else value.split(",")
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key {key}: expected a list, got {value!r}")

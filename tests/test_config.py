@@ -20,6 +20,8 @@ def test_precedence_and_types(tmp_path):
     assert config.train.batch_size == 4096 and config.seed == 3  # the command line wins
     assert config.model.bottom_mlp == [16, 8]
     assert from_dict(config.to_dict()) == config
+    # a list as the config files write it (YAML's flow form) reads the same
+    assert resolve(None, parse_overrides(["--model.top_mlp", "[64, 1]"])).model.top_mlp == [64, 1]
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from torch import nn
 
 from recstack.data.batch import Batch, JaggedFeatures
 from recstack.embeddings import DenseEmbeddingCollection, SparseOptimizerConfig, TableConfig
+from recstack.embeddings.base import TableState
 from recstack.models.dlrm import DLRM
 from recstack.models.layers import DotInteraction
 
@@ -128,3 +129,33 @@ def test_dot_interaction_gradient(self_interaction):
     dense = torch.randn(3, 4, dtype=torch.double, requires_grad=True)
     emb = torch.randn(3, 5, 4, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: layer(a, b), (dense, emb))
+
+
+def test_first_order_term_adds_a_weight_per_id_and_per_dense_feature():
+    """model.first_order: the logit is the interaction's plus sum of the batch's ids' weights plus a
+    linear map of the dense features (computed here by hand), and the weights train."""
+    from recstack.models.layers import WideLinear
+
+    plain = make_model("cat")
+    wide_tables = [TableConfig(f"t{i}", n, 1, init="zeros") for i, n in enumerate(ROWS)]
+    wide = WideLinear(DenseEmbeddingCollection(wide_tables, SparseOptimizerConfig(kind="sgd")), NUM_DENSE)
+    model = make_model("cat")
+    model.first_order = wide
+    weights = [torch.randn(n) for n in ROWS]
+    for i, w in enumerate(weights):
+        state = wide.embeddings.table_state(f"t{i}")
+        wide.embeddings.load_table_state(f"t{i}", TableState(w[:, None].clone(), state.optimizer_state))
+    with torch.no_grad():
+        wide.dense.weight.normal_()
+        wide.dense.bias.fill_(0.3)
+    batch = make_batch(6, seed=2)
+    by_hand = batch.dense @ wide.dense.weight[0] + 0.3
+    bags = batch.sparse.to_dict()
+    for i, name in enumerate(batch.sparse.keys):
+        values, lengths = bags[name]
+        by_hand = by_hand + torch.stack([weights[i][bag].sum() for bag in torch.split(values, lengths.tolist())])
+    torch.testing.assert_close(model(batch), plain(batch) + by_hand)
+    model.embeddings.discard_gradients()
+    F.binary_cross_entropy_with_logits(model(batch), batch.labels).backward()
+    wide.embeddings.apply_gradients(lr=0.1)
+    assert not torch.equal(wide.embeddings.table_state("t0").weight[:, 0], weights[0])

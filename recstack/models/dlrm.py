@@ -5,6 +5,7 @@ MLP that outputs a click logit.
     dense [B, 13] ── bottom MLP ──> x [B, D] ─┐
                                               ├─ interaction ── top MLP ──> logit [B]
     sparse ── EmbeddingCollection ─> [B, F, D]┘
+    (model.first_order: + a weight per id and per dense feature, added to the logit)
 
 With no dense features (an all-categorical table) the bottom MLP's output is a learned constant
 vector, which the interaction still crosses with every embedding.
@@ -19,7 +20,7 @@ from recstack.data.batch import Batch
 from recstack.embeddings.base import EmbeddingCollection
 from recstack.errors import ConfigError
 from recstack.models.base import ModelContext, RecModel
-from recstack.models.layers import MLP, CatInteraction, DotInteraction, require_logit
+from recstack.models.layers import MLP, CatInteraction, DotInteraction, WideLinear, require_logit, wide_linear
 
 
 class DLRM(RecModel):
@@ -32,6 +33,7 @@ class DLRM(RecModel):
         interaction: str = "dot",
         interaction_self: bool = False,
         dropout: float = 0.0,
+        first_order: WideLinear | None = None,
     ):
         super().__init__()
         dim = embeddings.tables[0].embedding_dim
@@ -45,15 +47,23 @@ class DLRM(RecModel):
         else:
             self.interaction = CatInteraction(num_features, dim)
         self.top = MLP([self.interaction.output_dim, *top_mlp], dropout=dropout)
+        self.first_order = first_order
 
     def forward(self, batch: Batch) -> torch.Tensor:
         x = self.bottom(batch.dense)
         embedded = self.embeddings(batch.sparse)
-        return self.output(self.top(self.interaction(x, embedded)))
+        logit = self.top(self.interaction(x, embedded))
+        if self.first_order is not None:
+            logit = logit + self.first_order(batch.dense, batch.sparse)
+        return self.output(logit)
 
     def flops_per_sample(self) -> int:
         """Forward FLOPs of the dense part (MLPs and interaction); training is about 3x."""
-        return self.bottom.flops_per_sample() + self.interaction.flops_per_sample() + self.top.flops_per_sample()
+        first_order = self.first_order.flops_per_sample() if self.first_order is not None else 0
+        return (
+            self.bottom.flops_per_sample() + self.interaction.flops_per_sample() + self.top.flops_per_sample()
+            + first_order
+        )
 
 
 
@@ -74,4 +84,5 @@ def build(ctx: ModelContext) -> DLRM:
         interaction=m.interaction,
         interaction_self=m.interaction_self,
         dropout=m.dropout,
+        first_order=wide_linear(ctx) if m.first_order else None,
     )
