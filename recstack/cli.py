@@ -123,9 +123,11 @@ def cmd_prepare_table(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_synth(args: argparse.Namespace, extra: list[str]) -> int:
+    from recstack.data.prepare import check_out
     from recstack.data.report import synth_command
 
     _no_extra(extra)
+    check_out(args.out, args.overwrite)
     synth_command(args.preset, args.rows, args.out, seed=args.seed, scale=args.scale,
                   test_fraction=args.test_fraction, report_path=args.report, quiet=args.quiet)
     return 0
@@ -297,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=seed, default=0)
     synth.add_argument("--scale", type=float, default=1.0, help="multiply every table's rows")
     synth.add_argument("--test-fraction", type=float, default=0.1)
+    synth.add_argument("--overwrite", action="store_true", help="replace what --out already holds")
     _add_common(synth)
     synth.set_defaults(func=cmd_synth)
 

@@ -195,25 +195,3 @@ def test_an_overlong_line_is_cut_and_rejected_with_memory_bounded(tmp_path):
     assert max(len(data) for data, _ in chunks) <= 700 + 1001  # a chunk and the head of a line, never more
     assert [first for _, first in chunks] == sorted(first for _, first in chunks)
 
-
-@pytest.mark.parametrize("source", ["amazon", "movielens", "taobao"])
-def test_preparing_into_a_dataset_needs_overwrite(source, tmp_path, capsys):
-    """Every converter refuses an --out that holds something (one line), and replaces it with --overwrite."""
-    if source == "amazon":
-        raw = write_din_dir(tmp_path / "raw")
-    elif source == "movielens":
-        raw = tmp_path / "u.data"
-        raw.write_text("".join(f"{u}\t{i}\t5\t{u * 10 + i}\n" for u in (1, 2, 3) for i in range(u, u + 20)))
-    else:
-        raw = tmp_path / "ub.csv"
-        raw.write_text("".join(f"{u},{i},{i % 3},pv,{i}\n" for u in (1, 2) for i in range(10, 16)))
-    argv = ["data", "prepare", source, "--input", str(raw), "--out", str(tmp_path / "out"), "--quiet"]
-    if source == "movielens":
-        argv += ["--test-negatives", "2"]
-    assert main(argv) == 0
-    before = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "already holds a dataset; give --overwrite" in err[0]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before and Dataset(tmp_path / "out")
-    assert main([*argv, "--overwrite"]) == 0

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from recstack.data.store import Dataset
 from tests.conftest import shared_data
 
 RECSTACK = [sys.executable, "-m", "recstack.cli"]
@@ -282,3 +283,32 @@ def test_train_refuses_a_report_path_it_cannot_write_before_training(tmp_path, m
     assert main(["train", "--model.preset", "tiny", "--report", str(tmp_path), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: --report {tmp_path} is a directory; name a file (e.g. {tmp_path / 'report.json'})"
+
+
+@pytest.mark.parametrize("source", ["amazon", "movielens", "taobao", "synth"])
+def test_preparing_into_a_dataset_needs_overwrite(source, tmp_path, capsys):
+    """Every converter, and synth, refuses an --out that holds something (one line), and replaces it
+    with --overwrite."""
+    from recstack.cli import main
+    from tests.test_amazon import write_din_dir
+
+    if source == "amazon":
+        raw = write_din_dir(tmp_path / "raw")
+    elif source == "movielens":
+        raw = tmp_path / "u.data"
+        raw.write_text("".join(f"{u}\t{i}\t5\t{u * 10 + i}\n" for u in (1, 2, 3) for i in range(u, u + 20)))
+    else:  # taobao (synth reads nothing)
+        raw = tmp_path / "ub.csv"
+        raw.write_text("".join(f"{u},{i},{i % 3},pv,{i}\n" for u in (1, 2) for i in range(10, 16)))
+    argv = ["data", "prepare", source, "--input", str(raw), "--out", str(tmp_path / "out"), "--quiet"]
+    if source == "synth":
+        argv = ["data", "synth", "--preset", "tiny", "--rows", "100", "--out", str(tmp_path / "out"), "--quiet"]
+    elif source == "movielens":
+        argv += ["--test-negatives", "2"]
+    assert main(argv) == 0
+    before = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds a dataset; give --overwrite" in err[0]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before and Dataset(tmp_path / "out")
+    assert main([*argv, "--overwrite"]) == 0
